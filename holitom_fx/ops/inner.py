@@ -1,0 +1,81 @@
+"""Inner-LLM merging (spec, prefill only): keep the most-attended visual tokens, fold the rest."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def inner_kept_count(span_length: int, ratio: float) -> int:
+    """Visual tokens the inner stage keeps: ``round(V * (1 - r))``."""
+    return round(span_length * (1.0 - ratio))
+
+
+def inner_merge(
+    hidden: torch.Tensor,
+    attention: torch.Tensor,
+    span_start: torch.Tensor,
+    span_length: int,
+    ratio: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shorten ``hidden[B, L, E]`` by folding the least-attended visual tokens.
+
+    Args:
+        hidden: layer-K input hidden states.
+        attention: ``[B, L]`` head-averaged attention of the last query at layer K-1.
+        span_start: LongTensor[B], first visual token of each row (left padding moves it).
+        span_length: V, visual tokens per row (the same for every row).
+        ratio: fraction of the V visual tokens folded away.
+
+    Keeps ``round(V * (1 - ratio))`` visual tokens with the largest attention (ties: lower
+    index). Every other visual token i joins the kept token of largest cosine similarity
+    (ties: lower index) and is folded in index order, ``h_j <- (h_j + h_i) / 2``; the fold is
+    evaluated in closed form, ``h_j / 2^m + sum_k h_{i_k} / 2^(m-k+1)``, in fp32.
+    Returns ``(hidden[B, L', E], keep[B, L'])``, ``keep`` holding the original indices of the
+    surviving tokens in order (use it to gather positions).
+    """
+    if hidden.dim() != 3 or attention.shape != hidden.shape[:2]:
+        raise ValueError(f"inner_merge: hidden must be [B, L, E] and attention [B, L], got "
+                         f"{tuple(hidden.shape)} and {tuple(attention.shape)}")
+    batch, length, dim = hidden.shape
+    if span_start.shape != (batch,):
+        raise ValueError(f"inner_merge: span_start must be [B] = [{batch}], got {tuple(span_start.shape)}")
+    if not 0 <= span_length <= length:
+        raise ValueError(f"inner_merge: span_length={span_length} must be in [0, {length}]")
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"inner_merge: ratio={ratio} must be in [0, 1)")
+    if not torch.compiler.is_compiling():
+        if bool(((span_start < 0) | (span_start + span_length > length)).any()):
+            raise ValueError(f"inner_merge: visual span [start, start + {span_length}) leaves [0, {length})")
+    device = hidden.device
+    n_keep = inner_kept_count(span_length, ratio)
+    n_drop = span_length - n_keep
+    rows = torch.arange(length, device=device).expand(batch, length)
+    if n_drop == 0:
+        return hidden, rows
+
+    visual = span_start[:, None] + torch.arange(span_length, device=device)
+    by_attention = torch.sort(attention.gather(1, visual).float(), dim=1, descending=True, stable=True).indices
+    kept_local = torch.sort(by_attention[:, :n_keep], dim=1).values
+    dropped_local = torch.sort(by_attention[:, n_keep:], dim=1).values
+    kept_index = visual.gather(1, kept_local)
+    dropped_index = visual.gather(1, dropped_local)
+
+    h = hidden.float()
+    h_kept = h.gather(1, kept_index[..., None].expand(-1, -1, dim))
+    h_dropped = h.gather(1, dropped_index[..., None].expand(-1, -1, dim))
+    similarity = F.normalize(h_dropped, dim=-1) @ F.normalize(h_kept, dim=-1).transpose(1, 2)
+    target = similarity.argmax(-1)  # [B, n_drop]
+
+    member = F.one_hot(target, n_keep).to(torch.long)  # [B, n_drop, n_keep], rows in index order
+    members = member.sum(1)  # m_j
+    order_in_target = (member.cumsum(1) * member).sum(-1)  # k of each dropped token, 1-based
+    m_of_target = members.gather(1, target)
+    w_dropped = torch.exp2(-(m_of_target - order_in_target + 1).to(h.dtype))
+    w_kept = torch.exp2(-members.to(h.dtype))
+    folded = h_kept * w_kept[..., None] + (member.to(h.dtype) * w_dropped[..., None]).transpose(1, 2) @ h_dropped
+
+    merged = h.scatter(1, kept_index[..., None].expand(-1, -1, dim), folded).to(hidden.dtype)
+    survives = torch.ones(batch, length, dtype=torch.bool, device=device).scatter(1, dropped_index, False)
+    keep = torch.sort((~survives).to(torch.uint8), dim=1, stable=True).indices[:, : length - n_drop]
+    return merged.gather(1, keep[..., None].expand(-1, -1, dim)), keep

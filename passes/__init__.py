@@ -1,0 +1,1 @@
+"""HoliTom FX rewrite passes (one per file)."""

@@ -1,0 +1,16 @@
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+# Deterministic in CI so a red run reproduces; HOLITOM_FULL=1 widens the sweeps.
+settings.register_profile(
+    "default",
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("full", parent=settings.get_profile("default"), max_examples=500)
+settings.load_profile("full" if os.environ.get("HOLITOM_FULL") else "default")
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
