@@ -137,7 +137,7 @@ def inner_merge_loop(hidden: torch.Tensor, attention: torch.Tensor, span_start: 
                      ratio: float) -> tuple[torch.Tensor, list[list[int]]]:
     """Inner stage as the released code does it: one fold at a time, rows one by one."""
     out, keeps = [], []
-    n_keep = round(span_length * (1 - ratio))
+    n_keep = max(round(span_length * (1 - ratio)), 1 if span_length else 0)
     for b in range(hidden.shape[0]):
         h = hidden[b].float().clone()
         start = span_start[b]

@@ -7,8 +7,10 @@ import torch.nn.functional as F
 
 
 def inner_kept_count(span_length: int, ratio: float) -> int:
-    """Visual tokens the inner stage keeps: ``round(V * (1 - r))``."""
-    return round(span_length * (1.0 - ratio))
+    """Visual tokens the inner stage keeps: ``round(V * (1 - r))``, at least one when V > 0
+
+    (the folded tokens need a kept token to go to)."""
+    return max(round(span_length * (1.0 - ratio)), min(span_length, 1))
 
 
 def inner_merge(
@@ -27,7 +29,7 @@ def inner_merge(
         span_length: V, visual tokens per row (the same for every row).
         ratio: fraction of the V visual tokens folded away.
 
-    Keeps ``round(V * (1 - ratio))`` visual tokens with the largest attention (ties: lower
+    Keeps ``round(V * (1 - ratio))`` visual tokens (at least one) with the largest attention (ties: lower
     index). Every other visual token i joins the kept token of largest cosine similarity
     (ties: lower index) and is folded in index order, ``h_j <- (h_j + h_i) / 2``; the fold is
     evaluated in closed form, ``h_j / 2^m + sum_k h_{i_k} / 2^(m-k+1)``, in fp32.

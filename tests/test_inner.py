@@ -1,0 +1,73 @@
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from holitom_fx.ops import inner_kept_count, inner_merge
+
+from . import reference_holitom as ref
+
+
+@st.composite
+def inner_inputs(draw):
+    batch = draw(st.integers(1, 3))
+    span = draw(st.integers(0, 12))
+    text = draw(st.integers(1, 6))
+    length = span + text + draw(st.integers(0, 3))
+    dim = draw(st.integers(2, 8))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    hidden = torch.randn(batch, length, dim, generator=generator)
+    attention = torch.rand(batch, length, generator=generator)
+    starts = [draw(st.integers(0, length - span)) for _ in range(batch)]
+    ratio = draw(st.sampled_from([0.0, 0.25, 0.5, 0.75, 0.9]))
+    return hidden, attention, starts, span, ratio
+
+
+@given(inner_inputs())
+def test_inner_merge_equals_the_sequential_fold(inputs):
+    hidden, attention, starts, span, ratio = inputs
+    out, keep = inner_merge(hidden, attention, torch.tensor(starts), span, ratio)
+    expected, expected_keep = ref.inner_merge_loop(hidden, attention, starts, span, ratio)
+    assert keep.tolist() == expected_keep
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@given(inner_inputs())
+def test_inner_merge_keeps_text_and_the_budget(inputs):
+    hidden, attention, starts, span, ratio = inputs
+    out, keep = inner_merge(hidden, attention, torch.tensor(starts), span, ratio)
+    length = hidden.shape[1]
+    assert out.shape[1] == length - span + inner_kept_count(span, ratio)
+    for row, start in zip(keep.tolist(), starts):
+        assert row == sorted(set(row))
+        outside = [i for i in range(length) if not start <= i < start + span]
+        assert set(outside) <= set(row)
+        # Text tokens are untouched.
+        for i in outside:
+            assert torch.equal(out[starts.index(start), row.index(i)], hidden[starts.index(start), i])
+
+
+def test_ratio_zero_is_identity():
+    hidden = torch.randn(2, 9, 4)
+    out, keep = inner_merge(hidden, torch.rand(2, 9), torch.tensor([1, 2]), 5, 0.0)
+    assert torch.equal(out, hidden) and keep.tolist() == [list(range(9))] * 2
+
+
+def test_low_precision_matches_fp32_fold():
+    hidden = torch.randn(1, 12, 8).to(torch.bfloat16)
+    attention = torch.rand(1, 12)
+    out, keep = inner_merge(hidden, attention, torch.tensor([2]), 8, 0.5)
+    expected, _ = inner_merge(hidden.float(), attention, torch.tensor([2]), 8, 0.5)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected.to(torch.bfloat16), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("args,match", [
+    ((torch.zeros(4, 5), torch.zeros(4), torch.tensor([0]), 2, 0.5), r"hidden must be \[B, L, E\]"),
+    ((torch.zeros(1, 5, 2), torch.zeros(1, 5), torch.tensor([0, 1]), 2, 0.5), r"span_start must be \[B\]"),
+    ((torch.zeros(1, 5, 2), torch.zeros(1, 5), torch.tensor([0]), 6, 0.5), "span_length=6"),
+    ((torch.zeros(1, 5, 2), torch.zeros(1, 5), torch.tensor([4]), 2, 0.5), "leaves"),
+    ((torch.zeros(1, 5, 2), torch.zeros(1, 5), torch.tensor([0]), 2, 1.0), "ratio=1.0"),
+])
+def test_bad_input_gives_a_clear_error(args, match):
+    with pytest.raises(ValueError, match=match):
+        inner_merge(*args)
