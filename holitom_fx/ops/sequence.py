@@ -1,0 +1,84 @@
+"""Splicing merged visual tokens into a token sequence, and the attention the inner stage needs."""
+
+from __future__ import annotations
+
+import torch
+
+
+def splice_span(
+    embeds: torch.Tensor,
+    span_start: torch.Tensor,
+    span_length: int,
+    merged: torch.Tensor,
+    merged_source: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace the span ``[start_b, start_b + V)`` of each row by ``merged[b]`` (static shapes).
+
+    Args:
+        embeds: ``[B, L, E]`` sequence.
+        span_start: LongTensor[B], first token of the span per row (left padding moves it).
+        span_length: V, span tokens per row.
+        merged: ``[B, K, E]`` tokens that replace the span.
+        merged_source: LongTensor[B, K], offset in the span (0..V-1) each merged token stands for.
+
+    Returns ``(spliced[B, L - V + K, E], source[B, L - V + K])``, ``source`` holding the original
+    sequence index each token stands for (gather positions with it).
+    """
+    batch, length, dim = embeds.shape
+    kept = merged.shape[1]
+    new_length = length - span_length + kept
+    index = torch.arange(new_length, device=embeds.device)[None, :]
+    start = span_start[:, None]
+    in_span = (index >= start) & (index < start + kept)
+    span_offset = (index - start).clamp(0, max(kept - 1, 0))
+    outside = torch.where(index < start, index, index - kept + span_length)
+    source = torch.where(in_span, start + merged_source.gather(1, span_offset), outside)
+    from_embeds = embeds.gather(1, torch.where(in_span, 0, outside)[..., None].expand(batch, new_length, dim))
+    from_merged = merged.gather(1, span_offset[..., None].expand(batch, new_length, dim))
+    return torch.where(in_span[..., None], from_merged, from_embeds), source
+
+
+def last_query_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    scale: float | None,
+) -> torch.Tensor:
+    """Head-averaged softmax attention of the last query position, ``[B, L_kv]``, fp32.
+
+    Recomputed from the q/k an SDPA call receives (``[B, H, L, D]`` and ``[B, H_kv, L_kv, D]``,
+    grouped-query heads repeated), so the model keeps SDPA and no ``output_attentions``.
+    The last query sees every key under a causal mask; ``attn_mask`` (bool or additive) is applied.
+    """
+    q = query[:, :, -1:, :].float()
+    k = key.float()
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scores = (q @ k.transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    if attn_mask is not None:
+        last_row = attn_mask[..., -1:, :]
+        if last_row.dtype == torch.bool:
+            scores = scores.masked_fill(~last_row, float("-inf"))
+        else:
+            scores = scores + last_row.float()
+    return scores.softmax(-1).mean(1)[:, 0, :]
+
+
+def gather_tokens(x: torch.Tensor, keep: torch.Tensor, length: int) -> torch.Tensor:
+    """Keep tokens ``keep[B, L'']`` along every non-batch dim of ``x`` that has ``length`` entries.
+
+    Used for what layers K.. read besides the hidden state: rotary cos/sin ``[B, L, D]``,
+    masks ``[B, 1, L, L]``. A batch dim of 1 is broadcast to B.
+    """
+    batch, kept = keep.shape
+    for dim in range(1, x.dim()):
+        if x.shape[dim] != length:
+            continue
+        if x.shape[0] != batch:
+            x = x.expand(batch, *x.shape[1:])
+        index_shape = [batch] + [1] * (x.dim() - 1)
+        index_shape[dim] = kept
+        target = list(x.shape)
+        target[dim] = kept
+        x = x.gather(dim, keep.view(index_shape).expand(target))
+    return x

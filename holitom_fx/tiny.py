@@ -1,0 +1,55 @@
+"""Tiny random-weight video LLMs and clips built in code: for tests, examples and CPU benchmarks."""
+
+from __future__ import annotations
+
+import torch
+
+
+def tiny_llava_onevision(seed: int = 0, layers: int = 4, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
+                         image_size: int = 56, patch_size: int = 14, vocab: int = 200):
+    """A random-weight ``LlavaOnevisionForConditionalGeneration`` (SigLIP + Qwen2), eval mode, fp32.
+
+    ``image_size / patch_size`` patches per side, pooled 2x: 4 tokens per frame at the defaults.
+    Video token id ``vocab - 2``, image token id ``vocab - 1``.
+    """
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, \
+        SiglipVisionConfig
+
+    torch.manual_seed(seed)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=image_size, patch_size=patch_size)
+    text = Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                       max_position_embeddings=1024)
+    config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=vocab - 1,
+                                  video_token_index=vocab - 2, vision_feature_layer=-1,
+                                  vision_feature_select_strategy="full")
+    return LlavaOnevisionForConditionalGeneration(config).eval()
+
+
+def video_token_count(model, frames: int) -> int:
+    """Placeholder tokens one video of ``frames`` frames takes in the prompt (grid + trailing newline)."""
+    vision = model.config.vision_config
+    side = -(-(vision.image_size // vision.patch_size) // 2)
+    return frames * side * side + 1
+
+
+def synthetic_clip(frames: int, size: int, seed: int = 0) -> torch.Tensor:
+    """A clip with real temporal redundancy: a fixed textured background and a square moving across it.
+
+    Returns ``[frames, 3, size, size]`` floats in [-1, 1] (already normalized pixel values).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    background = torch.rand(3, size, size, generator=generator) * 2 - 1
+    clip = background.repeat(frames, 1, 1, 1)
+    side = max(size // 4, 1)
+    for t in range(frames):
+        x = (t * max(size - side, 1)) // max(frames - 1, 1)
+        clip[t, :, size // 3: size // 3 + side, x: x + side] = torch.tensor([1.0, -1.0, 0.5])[:, None, None]
+    return clip
+
+
+def video_prompt(model, frames: int, text_before: list[int], text_after: list[int]) -> torch.Tensor:
+    """``input_ids [1, L]``: text, the video placeholders, text."""
+    video = [model.config.video_token_index] * video_token_count(model, frames)
+    return torch.tensor([text_before + video + text_after])

@@ -1,0 +1,82 @@
+"""State the passes share for one graph: settings in, findings out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from holitom_fx.archs import VideoLayout
+from holitom_fx.config import HoliTomConfig
+
+
+class RewriteError(Exception):
+    """The graph cannot be rewritten safely; the backend compiles it unchanged and says why."""
+
+
+@dataclass
+class VideoSite:
+    """The vision-token boundary found by the outer pass, and what the merge made of it."""
+
+    scatter: fx.Node
+    batch: int
+    length: int  # sequence length before merging
+    frames: int
+    tokens_per_frame: int
+    pass_through: int
+    merged_tokens: int  # M + pass-through: visual tokens per row after the outer stage
+    new_length: int  # sequence length after the outer stage
+    source: fx.Node  # original index each token stands for, [B, L']
+    span_start: fx.Node  # [B]
+    window_end: fx.Node  # [B, T], the segments
+    last_inserted: fx.Node
+
+    @property
+    def tokens_in(self) -> int:
+        return self.frames * self.tokens_per_frame
+
+
+@dataclass
+class InnerSite:
+    layer: int
+    visual_tokens: int  # after the inner stage
+    new_length: int
+    outputs: list[fx.Node]  # the merged hidden state and every tensor gathered for layers >= K
+
+
+@dataclass
+class GraphContext:
+    config: HoliTomConfig
+    layout: VideoLayout | None
+    model_config: Any | None
+    video: VideoSite | None = None
+    inner: InnerSite | None = None
+    extra_inputs: list[str] = field(default_factory=list)  # runtime inputs the backend appends
+    notes: list[str] = field(default_factory=list)  # why a pass did nothing
+
+
+    def runtime_input(self, name: str) -> torch.Tensor:
+        """A placeholder-shaped value for an extra runtime input (the backend supplies the real one)."""
+        if name == "holitom_window_end":
+            return torch.zeros(self.video.batch, self.video.frames, dtype=torch.long)
+        return torch.zeros((), dtype=torch.long)
+
+
+def tensor_of(node: Any) -> torch.Tensor | None:
+    """The (fake) tensor a node produces, from Dynamo's or FakeTensorProp's metadata."""
+    if not isinstance(node, fx.Node):
+        return None
+    value = node.meta.get("val", node.meta.get("example_value"))
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def shape_of(node: Any) -> tuple[int, ...] | None:
+    value = tensor_of(node)
+    return tuple(value.shape) if value is not None else None
+
+
+def mark_inserted(node: fx.Node) -> fx.Node:
+    node.meta["holitom"] = True
+    return node

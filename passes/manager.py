@@ -1,0 +1,52 @@
+"""The pass order, fixed in one place, ending with dead-code removal and ``graph.lint()``."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.fx as fx
+from torch._guards import detect_fake_mode
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+from .context import GraphContext, RewriteError
+from .decode_positions import DecodePositionPass
+from .inner_merge import InnerMergePass
+from .outer_merge import OuterMergePass
+from .sequence_length import SequenceLengthPass
+
+log = logging.getLogger("holitom_fx.passes")
+
+
+class PassManager:
+    """Runs the HoliTom passes on a Dynamo graph in order; returns rewrites per pass."""
+
+    def __init__(self, ctx: GraphContext):
+        self.ctx = ctx
+        self.passes = [OuterMergePass(ctx), InnerMergePass(ctx), SequenceLengthPass(ctx), DecodePositionPass(ctx)]
+
+    def __call__(self, gm: fx.GraphModule, example_inputs: list) -> dict[str, int]:
+        counts = {type(p).__name__: p(gm.graph) for p in self.passes}
+        if any(counts.values()):
+            gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output") or n.is_impure()
+                                       or n.meta.get("holitom_side_effect", False))
+            gm.graph.lint()
+            gm.recompile()
+            self._propagate_shapes(gm, example_inputs)
+        return counts
+
+    def _propagate_shapes(self, gm: fx.GraphModule, example_inputs: list) -> None:
+        """Re-run shape propagation: proves the rewritten graph is consistent, refreshes metadata."""
+        inputs = list(example_inputs) + [self.ctx.runtime_input(name) for name in self.ctx.extra_inputs]
+        fake_mode = detect_fake_mode(inputs)
+        try:
+            if fake_mode is None:
+                FakeTensorProp(gm).propagate(*inputs)
+            else:
+                fakes = [fake_mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs]
+                FakeTensorProp(gm, fake_mode).propagate_dont_convert_inputs(*fakes)
+        except Exception as err:  # any inconsistency means the rewrite is unsafe
+            raise RewriteError(f"rewritten graph does not propagate shapes: {type(err).__name__}: {err}") from err
+        for node in gm.graph.nodes:
+            if "val" in node.meta:
+                node.meta["example_value"] = node.meta["val"]

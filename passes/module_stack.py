@@ -1,0 +1,41 @@
+"""The one place that reads ``nn_module_stack``: which decoder layer a node belongs to."""
+
+from __future__ import annotations
+
+import re
+
+import torch.fx as fx
+
+# `...language_model.layers.3.self_attn` or `..._modules['layers']._modules['3']...`
+_LAYER = re.compile(r"layers(?:\.|'\]\._modules\[')(\d+)")
+_VISION = re.compile(r"vision|visual|image_encoder", re.IGNORECASE)
+
+
+def module_path(node: fx.Node) -> str:
+    """Innermost module path of a computed node ('' for inputs and nodes outside any module)."""
+    if node.op in ("placeholder", "get_attr", "output"):
+        return ""
+    stack = node.meta.get("nn_module_stack") or {}
+    entries = list(stack.values())
+    if not entries:
+        return ""
+    last = entries[-1]
+    return last[0] if isinstance(last, tuple) else str(last)
+
+
+def decoder_layer(node: fx.Node) -> int | None:
+    """Index of the language-model decoder layer the node was traced in, or None."""
+    path = module_path(node)
+    if not path or _VISION.search(path):
+        return None
+    found = _LAYER.findall(path)
+    return int(found[-1]) if found else None
+
+
+def vision_layer(node: fx.Node) -> int | None:
+    """Index of the vision-encoder layer the node was traced in, or None."""
+    path = module_path(node)
+    if not path or not _VISION.search(path):
+        return None
+    found = _LAYER.findall(path)
+    return int(found[-1]) if found else None

@@ -1,0 +1,110 @@
+"""SequenceLengthPass: make everything after the boundary agree with the shortened sequence.
+
+Dynamo traces with static shapes, so the sequence length L is baked into literals
+(``view(1, L, -1, 16)``, ``arange(L)``, mask sizes). After the outer stage the prefill runs
+on L' tokens, and layers K.. on L'': this pass rewrites those literals, narrows the
+sequence-shaped graph inputs (position ids, attention mask, cache position) to L', and,
+for ``positions="original"``, feeds rotary embeddings each token's original position
+while every other consumer (mask building, packed-sequence detection) sees contiguous
+positions, so no gap is ever read as a sequence boundary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from .context import GraphContext, RewriteError, mark_inserted, shape_of
+
+_ROTARY_TARGETS = (torch.cos, torch.sin, "cos", "sin")
+
+
+def _replace_int(value, old: int, new: int):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value == old:
+        return new
+    if isinstance(value, (tuple, list)):
+        return type(value)(_replace_int(v, old, new) for v in value)
+    if isinstance(value, slice):
+        return slice(*(_replace_int(v, old, new) for v in (value.start, value.stop, value.step)))
+    if isinstance(value, dict):
+        return {k: _replace_int(v, old, new) for k, v in value.items()}
+    return value
+
+
+def _downstream(roots: list[fx.Node]) -> set[fx.Node]:
+    seen, stack = set(), list(roots)
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(node.users)
+    return seen
+
+
+def _feeds_rotary(node: fx.Node, depth: int = 6) -> bool:
+    frontier = [node]
+    for _ in range(depth):
+        frontier = [user for n in frontier for user in n.users]
+        if any(n.target in _ROTARY_TARGETS for n in frontier):
+            return True
+    return False
+
+
+def _gather_positions(positions: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Original position of each kept token: ``positions[b, source[b, j]]``."""
+    return positions.expand(source.shape[0], -1).gather(1, source)
+
+
+class SequenceLengthPass:
+    def __init__(self, ctx: GraphContext):
+        self.ctx = ctx
+
+    def __call__(self, graph: fx.Graph) -> int:
+        video = self.ctx.video
+        if video is None:
+            return 0
+        old = video.length
+        inner = self.ctx.inner
+        inner_region = _downstream(inner.outputs) if inner else set()
+        nodes = list(graph.nodes)
+        after = nodes[nodes.index(video.last_inserted) + 1:]
+        rewrites = 0
+        for node in after:
+            if node.meta.get("holitom") or node.op == "output":
+                continue
+            new = inner.new_length if node in inner_region else video.new_length
+            args, kwargs = _replace_int(node.args, old, new), _replace_int(node.kwargs, old, new)
+            if args != node.args or kwargs != node.kwargs:
+                node.args, node.kwargs = args, kwargs
+                rewrites += 1
+
+        after_set = set(after)
+        original_applied = False
+        for placeholder in [n for n in nodes if n.op == "placeholder"]:
+            shape = shape_of(placeholder)
+            if shape is None or old not in shape or placeholder is video.scatter:
+                continue
+            users = [u for u in placeholder.users if u in after_set and not u.meta.get("holitom")]
+            if not users:
+                continue
+            with graph.inserting_after(video.last_inserted):
+                narrowed = placeholder
+                for dim, size in enumerate(shape):
+                    if size == old:
+                        narrowed = mark_inserted(graph.call_method("narrow", (narrowed, dim, 0, video.new_length)))
+                rotary = None
+                if self.ctx.config.positions == "original" and placeholder.meta.get("val", placeholder.meta.get(
+                        "example_value")).dtype in (torch.int32, torch.int64) and len(shape) == 2:
+                    rotary = mark_inserted(graph.call_function(_gather_positions, (placeholder, video.source)))
+            for user in users:
+                replacement = rotary if rotary is not None and _feeds_rotary(user) else narrowed
+                original_applied |= replacement is rotary
+                user.replace_input_with(placeholder, replacement)
+                rewrites += 1
+        if self.ctx.config.positions == "original" and not original_applied:
+            raise RewriteError("positions='original' needs the position ids as a graph input (generate() passes "
+                               "them); this graph derives them internally")
+        return rewrites

@@ -1,0 +1,81 @@
+"""Eager reference of HoliTom on an unmodified transformers model (test code only).
+
+Merged ``inputs_embeds`` are computed with ``holitom_fx.ops`` and fed to the model's own
+decoder layers, called one by one; the inner merge is applied at layer K by the loop
+reference of ``reference_holitom``, from attention recomputed with transformers' own rotary
+helper. Greedy decoding continues on the per-layer caches at compact positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+from holitom_fx import HoliTomConfig
+from holitom_fx.ops import outer_merge, splice_span
+from holitom_fx.ops.stages import feature_saliency
+
+from . import reference_holitom as ref
+
+
+def merged_embeds(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int):
+    """(inputs_embeds after the outer merge, span start, span length after merging), batch 1."""
+    inner = model.model
+    features = inner.get_video_features(pixel_values_videos=pixel_values_videos).pooler_output[0]  # [V, E]
+    embeds = inner.get_input_embeddings()(input_ids)
+    mask = (input_ids == model.config.video_token_index)[..., None]
+    embeds = embeds.masked_scatter(mask, features)
+    per_frame = (features.shape[0] - 1) // frames
+    grid = features[:-1].reshape(frames, per_frame, -1)
+    out = outer_merge(grid, feature_saliency(grid), cfg)
+    tokens = torch.cat([out.tokens, features[-1:]])[None]
+    source = torch.cat([out.positions, torch.tensor([frames * per_frame])])[None]
+    start = mask[..., 0].long().argmax(1)
+    spliced, _ = splice_span(embeds, start, features.shape[0], tokens, source)
+    return spliced, int(start[0]), tokens.shape[1]
+
+
+def last_row_attention(layer, hidden, cos, sin):
+    attn = layer.self_attn
+    normed = layer.input_layernorm(hidden)
+    batch, length, _ = hidden.shape
+    q = attn.q_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scores = (q[:, :, -1:] @ k.transpose(-1, -2)) * attn.scaling
+    return scores.softmax(-1).mean(1)[:, 0]
+
+
+@torch.no_grad()
+def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int, new_tokens: int):
+    """(prefill logits of the last position [1, vocab], greedy tokens [new_tokens])."""
+    lm = model.model.language_model
+    hidden, start, span = merged_embeds(model, input_ids, pixel_values_videos, cfg, frames)
+    length = hidden.shape[1]
+    layer_k = cfg.resolve_inner_layer(len(lm.layers))
+    positions = torch.arange(length)[None]
+    cos, sin = lm.rotary_emb(hidden, positions)
+    cache = DynamicCache(config=lm.config)
+    for index, layer in enumerate(lm.layers):
+        if index == layer_k:
+            previous = lm.layers[index - 1]
+            attention = last_row_attention(previous, layer_input_k_minus_1, cos, sin)
+            hidden, keeps = ref.inner_merge_loop(hidden, attention, [start], span, cfg.inner_ratio)
+            keep = torch.tensor(keeps)
+            cos, sin = cos[:, keep[0]], sin[:, keep[0]]
+        layer_input_k_minus_1 = hidden
+        hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), past_key_values=cache,
+                       use_cache=True, position_ids=None)
+    logits = model.lm_head(lm.norm(hidden[:, -1:]))[:, 0]
+    tokens = [int(logits.argmax(-1))]
+    for step in range(new_tokens - 1):
+        hidden = lm.embed_tokens(torch.tensor([[tokens[-1]]]))
+        position = torch.tensor([[length + step]])
+        cos, sin = lm.rotary_emb(hidden, position)
+        for layer in lm.layers:
+            hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), past_key_values=cache,
+                           use_cache=True, position_ids=position)
+        tokens.append(int(model.lm_head(lm.norm(hidden))[0, -1].argmax()))
+    return logits, tokens
