@@ -47,6 +47,11 @@ class InnerMergePass:
         layer = ctx.config.resolve_inner_layer(depth)
         if layer is None:
             return 0
+        if ctx.video.batch > 1:
+            # Layers K.. would keep shorter caches than layers < K; transformers builds one decode
+            # mask from layer 0's cache length, which cannot mask a padded batch's shorter caches.
+            ctx.notes.append("inner stage skipped: batch > 1 (per-layer cache lengths break padded decoding)")
+            return 0
         attention = [n for n in graph.nodes if n.target in _SDPA_TARGETS and layer_of[n] == layer - 1]
         if len(attention) != 1:
             raise RewriteError(f"expected one SDPA call in decoder layer {layer - 1}, found {len(attention)}")
@@ -77,8 +82,9 @@ class InnerMergePass:
                 shape = shape_of(arg)
                 if shape is None or traced_length not in shape[1:]:
                     continue
+                dims = tuple(d for d in range(1, len(shape)) if shape[d] == traced_length)
                 with graph.inserting_before(first):
-                    replacements[arg] = mark_inserted(graph.call_function(gather_tokens, (arg, keep, length)))
+                    replacements[arg] = mark_inserted(graph.call_function(gather_tokens, (arg, keep, dims)))
             node.args = fx.map_arg(node.args, lambda a: replacements.get(a, a))
             node.kwargs = fx.map_arg(node.kwargs, lambda a: replacements.get(a, a))
 

@@ -32,8 +32,8 @@ def merged_embeds(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, fra
     tokens = torch.cat([out.tokens, features[-1:]])[None]
     source = torch.cat([out.positions, torch.tensor([frames * per_frame])])[None]
     start = mask[..., 0].long().argmax(1)
-    spliced, _ = splice_span(embeds, start, features.shape[0], tokens, source)
-    return spliced, int(start[0]), tokens.shape[1]
+    spliced, original = splice_span(embeds, start, features.shape[0], tokens, source)
+    return spliced, int(start[0]), tokens.shape[1], original
 
 
 def last_row_attention(layer, hidden, cos, sin):
@@ -52,10 +52,11 @@ def last_row_attention(layer, hidden, cos, sin):
 def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int, new_tokens: int):
     """(prefill logits of the last position [1, vocab], greedy tokens [new_tokens])."""
     lm = model.model.language_model
-    hidden, start, span = merged_embeds(model, input_ids, pixel_values_videos, cfg, frames)
+    hidden, start, span, original = merged_embeds(model, input_ids, pixel_values_videos, cfg, frames)
     length = hidden.shape[1]
     layer_k = cfg.resolve_inner_layer(len(lm.layers))
-    positions = torch.arange(length)[None]
+    positions = torch.arange(length)[None] if cfg.positions == "compact" else original
+    next_position = length if cfg.positions == "compact" else input_ids.shape[1]
     cos, sin = lm.rotary_emb(hidden, positions)
     cache = DynamicCache(config=lm.config)
     for index, layer in enumerate(lm.layers):
@@ -72,7 +73,7 @@ def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: 
     tokens = [int(logits.argmax(-1))]
     for step in range(new_tokens - 1):
         hidden = lm.embed_tokens(torch.tensor([[tokens[-1]]]))
-        position = torch.tensor([[length + step]])
+        position = torch.tensor([[next_position + step]])
         cos, sin = lm.rotary_emb(hidden, position)
         for layer in lm.layers:
             hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), past_key_values=cache,

@@ -64,16 +64,14 @@ def last_query_attention(
     return scores.softmax(-1).mean(1)[:, 0, :]
 
 
-def gather_tokens(x: torch.Tensor, keep: torch.Tensor, length: int) -> torch.Tensor:
-    """Keep tokens ``keep[B, L'']`` along every non-batch dim of ``x`` that has ``length`` entries.
+def gather_tokens(x: torch.Tensor, keep: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Keep tokens ``keep[B, L'']`` along the sequence dims ``dims`` of ``x`` (never dim 0).
 
     Used for what layers K.. read besides the hidden state: rotary cos/sin ``[B, L, D]``,
     masks ``[B, 1, L, L]``. A batch dim of 1 is broadcast to B.
     """
     batch, kept = keep.shape
-    for dim in range(1, x.dim()):
-        if x.shape[dim] != length:
-            continue
+    for dim in dims:
         if x.shape[0] != batch:
             x = x.expand(batch, *x.shape[1:])
         index_shape = [batch] + [1] * (x.dim() - 1)

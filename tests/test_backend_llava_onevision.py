@@ -1,0 +1,218 @@
+"""holitom_backend on an unmodified tiny LLaVA-OneVision: identity, reference equality, hygiene."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch._dynamo
+from hypothesis import given, settings, strategies as st
+
+from holitom_fx import HoliTomBackend, HoliTomConfig
+from holitom_fx.tiny import synthetic_clip, tiny_llava_onevision, video_prompt
+
+from . import reference_pipeline
+
+FRAMES = 6
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    torch._dynamo.config.capture_scalar_outputs = True
+    yield
+    torch._dynamo.reset()
+
+
+def compiled_model(cfg: HoliTomConfig, compiler="eager", seed=0, **model_kwargs):
+    model = tiny_llava_onevision(seed=seed, **model_kwargs)
+    backend = HoliTomBackend(cfg, compiler=compiler).bind(model)
+    model.compile(backend=backend)
+    return model, backend
+
+
+def video_inputs(model, frames=FRAMES, before=(1, 2, 3), after=(5, 6, 7, 8, 9), seed=0):
+    ids = video_prompt(model, frames, list(before), list(after))
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids),
+                pixel_values_videos=synthetic_clip(frames, model.config.vision_config.image_size, seed)[None])
+
+
+def greedy(model, inputs, new_tokens):
+    out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+    return out[:, inputs["input_ids"].shape[1]:].tolist()
+
+
+IDENTITY = HoliTomConfig(retain_ratio=1.0, tau=1.5, inner_layer="off")
+MERGING = HoliTomConfig(retain_ratio=0.25, tau=0.8)
+
+
+@torch.no_grad()
+def test_identity_at_full_retain_without_inner_stage():
+    reference = tiny_llava_onevision()
+    model, backend = compiled_model(IDENTITY)
+    inputs = video_inputs(model)
+    torch.testing.assert_close(model(**inputs).logits, reference(**inputs).logits, rtol=0, atol=0)
+    assert greedy(model, inputs, 8) == greedy(reference, inputs, 8)
+    report = backend.last_report
+    assert report.tokens_in == report.tokens_after_outer == report.tokens_after_inner == FRAMES * 4 + 1
+
+
+@pytest.mark.parametrize("cfg", [
+    MERGING,
+    HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off"),
+    HoliTomConfig(retain_ratio=0.3, tau=0.8, positions="original"),
+], ids=["compact-inner", "compact-outer-only", "original-inner"])
+@torch.no_grad()
+def test_prefill_and_generate_match_the_eager_reference_pipeline(cfg):
+    model, backend = compiled_model(cfg)
+    inputs = video_inputs(model)
+    expected_logits, expected_tokens = reference_pipeline.generate(
+        model, inputs["input_ids"], inputs["pixel_values_videos"], cfg, FRAMES, 16)
+    # No attention mask, explicit positions: transformers derives a packed-sequence mask from
+    # the positions here, so any gap leaking into it would change these logits.
+    length = inputs["input_ids"].shape[1]
+    logits = model(input_ids=inputs["input_ids"], pixel_values_videos=inputs["pixel_values_videos"],
+                   position_ids=torch.arange(length)[None]).logits[:, -1]
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    assert greedy(model, inputs, 16) == [expected_tokens]
+
+    report = backend.last_report
+    grid = FRAMES * 4
+    assert (report.frames, report.tokens_in) == (FRAMES, grid + 1)
+    assert report.tokens_after_outer == round(cfg.retain_ratio * grid) + 1
+    if cfg.inner_enabled:
+        assert report.inner_layer == 3
+        assert report.tokens_after_inner == round(report.tokens_after_outer * (1 - cfg.inner_ratio))
+    else:
+        assert report.inner_layer is None and report.tokens_after_inner == report.tokens_after_outer
+    assert report.sequence_length[0] == length
+    assert report.segments and report.segments[0][0][0] == 0 and report.segments[0][-1][1] == FRAMES - 1
+    assert report.boundary and "masked_scatter" in report.boundary
+
+
+@torch.no_grad()
+def test_batch_of_two_with_left_padding_equals_each_row_alone():
+    cfg = HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off")
+    model, _ = compiled_model(cfg)
+    short = video_inputs(model, before=(1, 2, 3), seed=0)
+    long = video_inputs(model, before=(1, 2, 3, 4, 5), seed=1)
+    pad = long["input_ids"].shape[1] - short["input_ids"].shape[1]
+    ids = torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.long), short["input_ids"]], 1), long["input_ids"]])
+    mask = torch.ones_like(ids)
+    mask[0, :pad] = 0
+    batch = dict(input_ids=ids, attention_mask=mask,
+                 pixel_values_videos=torch.cat([short["pixel_values_videos"], long["pixel_values_videos"]]))
+    together = greedy(model, batch, 8)
+    alone = []
+    for inputs in (short, long):
+        torch._dynamo.reset()
+        single, _ = compiled_model(cfg)
+        alone += greedy(single, inputs, 8)
+    assert together == alone
+
+
+@torch.no_grad()
+def test_text_only_call_is_untouched_and_says_so(caplog):
+    reference = tiny_llava_onevision()
+    model, backend = compiled_model(MERGING)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7]])
+    with caplog.at_level(logging.INFO, logger="holitom_fx"):
+        logits = model(input_ids=ids).logits
+    torch.testing.assert_close(logits, reference(input_ids=ids).logits, rtol=0, atol=0)
+    assert any("HoliTom did nothing" in r.message and "no video tokens" in r.message for r in caplog.records)
+    assert backend.last_report is None and backend.fallbacks == 0
+
+
+@torch.no_grad()
+def test_graph_it_cannot_rewrite_is_compiled_unchanged_with_a_warning(caplog):
+    reference = tiny_llava_onevision()
+    model, backend = compiled_model(HoliTomConfig(budget="reference"))
+    inputs = video_inputs(model)
+    with caplog.at_level(logging.WARNING, logger="holitom_fx"):
+        logits = model(**inputs).logits
+    torch.testing.assert_close(logits, reference(**inputs).logits, rtol=0, atol=0)
+    assert backend.fallbacks == 1
+    assert any("left a graph unchanged" in r.message and "budget='reference'" in r.message for r in caplog.records)
+
+
+def _class_snapshot(model):
+    classes = {type(m) for m in model.modules()}
+    return {cls: dict(vars(cls)) for cls in classes}
+
+
+@torch.no_grad()
+def test_transformers_classes_and_model_are_untouched():
+    model = tiny_llava_onevision()
+    greedy(model, video_inputs(model), 2)  # transformers itself caches a few attributes on first use
+    classes = _class_snapshot(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    instance = {name: set(vars(m)) for name, m in model.named_modules()}
+    backend = HoliTomBackend(MERGING, compiler="eager").bind(model)
+    model.compile(backend=backend)
+    greedy(model, video_inputs(model), 4)
+    assert backend.last_report is not None  # HoliTom did run
+    assert _class_snapshot(model) == classes
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    changed = {name for name, m in model.named_modules() if set(vars(m)) != instance[name]}
+    assert changed <= {""} and set(vars(model)) - instance[""] <= {"_compiled_call_impl"}
+
+
+def _graph_count(model_factory, backend_factory, inputs_factory, runs=2):
+    torch._dynamo.reset()
+    model = model_factory()
+    graphs = []
+    inner = backend_factory(model)
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return inner(gm, example_inputs)
+
+    model.compile(backend=counting)
+    counts = []
+    for _ in range(runs):
+        greedy(model, inputs_factory(model), 4)
+        counts.append(len(graphs))
+    return counts
+
+
+@torch.no_grad()
+def test_no_added_graph_breaks_and_no_recompilation():
+    plain = _graph_count(tiny_llava_onevision, lambda m: (lambda gm, _: gm.forward), video_inputs)
+    holitom = _graph_count(tiny_llava_onevision, lambda m: HoliTomBackend(MERGING, compiler="eager").bind(m),
+                           video_inputs)
+    assert holitom[0] == plain[0]  # same graphs: the backend adds no break
+    assert holitom[1] == holitom[0]  # a second generate() of the same shapes compiles nothing new
+
+
+@torch.no_grad()
+def test_inductor_generate_matches_the_reference_pipeline():
+    """The rewritten graphs through Inductor (C++ on CPU): same greedy tokens as the eager reference."""
+    model, backend = compiled_model(MERGING, compiler="inductor")
+    inputs = video_inputs(model)
+    _, expected = reference_pipeline.generate(model, inputs["input_ids"], inputs["pixel_values_videos"], MERGING,
+                                              FRAMES, 16)
+    assert greedy(model, inputs, 16) == [expected]
+    assert backend.fallbacks == 0 and backend.last_report.inner_layer == 3
+
+
+@settings(max_examples=4)
+@given(frames=st.integers(1, 5), layers=st.integers(2, 5), before=st.integers(1, 4), after=st.integers(1, 4),
+       ratio=st.sampled_from([0.2, 0.5, 0.75]), seed=st.integers(0, 100))
+@torch.no_grad()
+def test_generated_configs_identity_and_budget(frames, layers, before, after, ratio, seed):
+    torch._dynamo.reset()
+    reference = tiny_llava_onevision(seed=seed, layers=layers)
+    model, backend = compiled_model(IDENTITY, seed=seed, layers=layers)
+    inputs = video_inputs(model, frames, before=tuple(range(1, before + 1)), after=tuple(range(1, after + 1)),
+                          seed=seed)
+    torch.testing.assert_close(model(**inputs).logits, reference(**inputs).logits, rtol=0, atol=0)
+
+    torch._dynamo.reset()
+    cfg = HoliTomConfig(retain_ratio=ratio, tau=0.8)
+    model, backend = compiled_model(cfg, seed=seed, layers=layers)
+    logits = model(**inputs).logits
+    report = backend.last_report
+    assert report.tokens_after_outer == round(ratio * frames * 4) + 1
+    assert logits.shape[1] == report.sequence_length[2] == (
+        inputs["input_ids"].shape[1] - report.tokens_in + report.tokens_after_inner)
