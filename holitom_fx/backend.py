@@ -104,6 +104,7 @@ class HoliTomBackend:
         self.graphs: list[GraphRecord] = []
         self.fallbacks = 0
         self.last_report: HoliTomReport | None = None
+        self._said_saliency_fallback = False
 
     def bind(self, model: torch.nn.Module) -> "HoliTomBackend":
         """Use ``model.config`` for the architecture lookup (instead of Dynamo's frame)."""
@@ -124,6 +125,10 @@ class HoliTomBackend:
             ctx = GraphContext(self.config, None, None)
             rewritten = gm
         self.graphs.append(record)
+        if ctx.video is not None and not self._said_saliency_fallback:
+            log.info("HoliTom: the vision encoder's attention is not in this graph; ranking dynamic tokens by "
+                     "the feature-norm saliency fallback (holitom_fx.ops.stages.feature_saliency)")
+            self._said_saliency_fallback = True
         if ctx.video is not None:
             record.boundary = f"{ctx.video.scatter.format_node()}"
         elif not ctx.extra_inputs:
