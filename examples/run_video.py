@@ -86,10 +86,12 @@ def main() -> None:
     if args.model:
         if not args.video:
             parser.error("--model needs --video")
+        from transformers import LlavaOnevisionForConditionalGeneration
+
         model, processor, inputs = checkpoint_inputs(args.model, read_frames(args.video, args.frames, 384),
                                                      args.question)
-        fresh = lambda: LlavaOnevisionForConditionalGeneration.from_pretrained(args.model, torch_dtype="auto").eval()  # noqa: E731
-        from transformers import LlavaOnevisionForConditionalGeneration
+        fresh = lambda: LlavaOnevisionForConditionalGeneration.from_pretrained(  # noqa: E731
+            args.model, torch_dtype="auto").eval()
     else:
         processor = None
         model = tiny_llava_onevision(layers=8, hidden=128, image_size=112)
