@@ -20,7 +20,7 @@ import torch
 import torch._dynamo
 
 import holitom_fx
-from holitom_fx import HoliTomBackend, HoliTomConfig
+from holitom_fx import HoliTomConfig
 from holitom_fx.tiny import synthetic_clip, tiny_llava_onevision, video_prompt
 
 log = logging.getLogger("run_video")

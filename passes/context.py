@@ -12,6 +12,10 @@ from holitom_fx.archs import VideoLayout
 from holitom_fx.config import HoliTomConfig
 
 
+#: Runtime input a merged prefill graph writes its segments into (a backend-owned buffer).
+WINDOW_END = "holitom_window_end"
+
+
 class RewriteError(Exception):
     """The graph cannot be rewritten safely; the backend compiles it unchanged and says why."""
 
@@ -59,7 +63,7 @@ class GraphContext:
 
     def runtime_input(self, name: str) -> torch.Tensor:
         """A placeholder-shaped value for an extra runtime input (the backend supplies the real one)."""
-        if name == "holitom_window_end":
+        if name == WINDOW_END:
             return torch.zeros(self.video.batch, self.video.frames, dtype=torch.long)
         return torch.zeros((), dtype=torch.long)
 

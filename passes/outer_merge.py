@@ -11,9 +11,8 @@ import torch.fx as fx
 from holitom_fx.ops import exact_budget
 from holitom_fx.ops.stages import outer_stage
 
-from .context import GraphContext, RewriteError, VideoSite, mark_inserted, shape_of
+from .context import WINDOW_END, GraphContext, RewriteError, VideoSite, mark_inserted, shape_of
 
-WINDOW_END = "holitom_window_end"
 _SCATTER_TARGETS = ("masked_scatter", torch.Tensor.masked_scatter, torch.masked_scatter)
 _EQ_TARGETS = (operator.eq, torch.eq, "eq", "__eq__", torch.Tensor.eq)
 

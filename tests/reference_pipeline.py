@@ -59,14 +59,14 @@ def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: 
     next_position = length if cfg.positions == "compact" else input_ids.shape[1]
     cos, sin = lm.rotary_emb(hidden, positions)
     cache = DynamicCache(config=lm.config)
+    previous_input = hidden  # input of the previous layer: layer K-1's q/k come from it
     for index, layer in enumerate(lm.layers):
         if index == layer_k:
-            previous = lm.layers[index - 1]
-            attention = last_row_attention(previous, layer_input_k_minus_1, cos, sin)
+            attention = last_row_attention(lm.layers[index - 1], previous_input, cos, sin)
             hidden, keeps = ref.inner_merge_loop(hidden, attention, [start], span, cfg.inner_ratio)
             keep = torch.tensor(keeps)
             cos, sin = cos[:, keep[0]], sin[:, keep[0]]
-        layer_input_k_minus_1 = hidden
+        previous_input = hidden
         hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), past_key_values=cache,
                        use_cache=True, position_ids=None)
     logits = model.lm_head(lm.norm(hidden[:, -1:]))[:, 0]
