@@ -16,11 +16,13 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
-from passes.context import GraphContext, RewriteError
+from passes.context import SALIENCY, WINDOW_END, GraphContext, RewriteError
 from passes.decode_positions import POSITION_SHIFT
 from passes.manager import PassManager
+from passes.outer_merge import has_video_scatter
+from passes.specialize import is_symbolic, specialize, symbol_bindings
 
-from .archs import layout_for
+from .archs import VideoLayout, layout_for
 from .config import HoliTomConfig
 
 log = logging.getLogger("holitom_fx")
@@ -53,6 +55,7 @@ class HoliTomReport:
     batch: int = 0
     sequence_length: tuple[int, int, int] = (0, 0, 0)  # before, after outer, after inner
     boundary: str | None = None
+    saliency: str = "feature norm"  # what ranked the dynamic tokens: "vision attention..." or the fallback
     graphs: list[GraphRecord] = field(default_factory=list)
     window_end: torch.Tensor | None = field(default=None, repr=False)
 
@@ -68,8 +71,8 @@ class HoliTomReport:
         return rows
 
 
-def _model_config_from_dynamo_frame() -> Any | None:
-    """The config of the module whose forward Dynamo is tracing (``self`` of the root frame)."""
+def _module_from_dynamo_frame() -> torch.nn.Module | None:
+    """The module whose forward Dynamo is tracing (``self`` of the root frame)."""
     try:
         from torch._dynamo.symbolic_convert import InstructionTranslator
 
@@ -77,7 +80,18 @@ def _model_config_from_dynamo_frame() -> Any | None:
     except Exception:  # private API: absent or moved in this torch
         return None
     module = tx.output.root_tx.f_locals.get("self") if tx is not None else None
-    return getattr(module, "config", None)
+    return module if isinstance(module, torch.nn.Module) else None
+
+
+def _vision_classes(model: torch.nn.Module, layout: VideoLayout | None) -> frozenset[type]:
+    """Module classes of the model's vision tower: they mark encoder layers in any graph."""
+    if layout is None:
+        return frozenset()
+    try:
+        tower = model.get_submodule(layout.vision_tower)
+    except AttributeError:
+        return frozenset()
+    return frozenset(type(module) for module in tower.modules())
 
 
 def _inductor(gm: fx.GraphModule, example_inputs: list) -> Callable:
@@ -99,21 +113,39 @@ class HoliTomBackend:
         self.config = config or HoliTomConfig()
         self._compiler = _inductor if compiler == "inductor" else (lambda gm, _: gm.forward) if compiler == "eager" \
             else compiler
-        self._model_config: Any | None = None
+        self._model: tuple[Any, VideoLayout | None, frozenset[type]] | None = None  # config, layout, classes
         self._position_shift: torch.Tensor | None = None
+        self._vision_saliency: torch.Tensor | None = None  # left by an encoder graph for the next prefill
         self.graphs: list[GraphRecord] = []
         self.fallbacks = 0
+        self.saliency_fallbacks = 0
         self.last_report: HoliTomReport | None = None
         self._said_saliency_fallback = False
 
     def bind(self, model: torch.nn.Module) -> "HoliTomBackend":
-        """Use ``model.config`` for the architecture lookup (instead of Dynamo's frame)."""
-        self._model_config = model.config
+        """Take the architecture from ``model`` (otherwise from the module Dynamo traces)."""
+        layout = layout_for(model.config)
+        self._model = (model.config, layout, _vision_classes(model, layout))
         return self
 
     def __call__(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
-        model_config = self._model_config or _model_config_from_dynamo_frame()
-        ctx = GraphContext(self.config, layout_for(model_config) if model_config is not None else None, model_config)
+        return self._compile(gm, example_inputs)
+
+    def _context(self) -> GraphContext:
+        """The graph's context; an unbound backend binds to the first model with a layout record it traces
+        (graphs traced from inside the model after a break have no config of their own)."""
+        if self._model is None or self._model[1] is None:
+            module = _module_from_dynamo_frame()
+            if module is not None and hasattr(module, "config") and (
+                    self._model is None or layout_for(module.config) is not None):
+                self.bind(module)
+        config, layout, classes = self._model or (None, None, frozenset())
+        return GraphContext(self.config, layout, config, vision_classes=classes)
+
+    def _compile(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
+        ctx = self._context()
+        if is_symbolic(gm) and has_video_scatter(gm.graph, ctx):
+            return self._specializing(gm)
         rewritten = fx.GraphModule(gm, _copy_graph(gm.graph))
         record = GraphRecord(nodes=len(gm.graph.nodes), rewrites={}, boundary=None, notes=ctx.notes)
         try:
@@ -125,46 +157,78 @@ class HoliTomBackend:
             ctx = GraphContext(self.config, None, None)
             rewritten = gm
         self.graphs.append(record)
-        if ctx.video is not None and not self._said_saliency_fallback:
-            log.info("HoliTom: the vision encoder's attention is not in this graph; ranking dynamic tokens by "
-                     "the feature-norm saliency fallback (holitom_fx.ops.stages.feature_saliency)")
-            self._said_saliency_fallback = True
         if ctx.video is not None:
-            record.boundary = f"{ctx.video.scatter.format_node()}"
-        elif not ctx.extra_inputs:
+            record.boundary = ctx.video.scatter.format_node()
+        elif not ctx.extra_inputs and not ctx.exported_saliency:
             log.info("HoliTom did nothing on a graph of %d nodes: %s", record.nodes, "; ".join(ctx.notes) or "-")
-        runtime = self._runtime_inputs(ctx, example_inputs)
-        compiled = self._compiler(rewritten, list(example_inputs) + runtime)
+        device = next((x.device for x in example_inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
+        placeholders = [ctx.runtime_input(name).to(device) for name in ctx.extra_inputs]
+        compiled = self._compiler(rewritten, list(example_inputs) + placeholders)
         fresh = not any("past_key_values" in n.target for n in gm.graph.nodes if n.op == "placeholder")
-        return self._runtime(compiled, ctx, example_inputs, runtime, fresh)
+        return self._runtime(compiled, ctx, device, fresh)
 
-    def _runtime_inputs(self, ctx: GraphContext, example_inputs: list) -> list[torch.Tensor]:
-        """The backend-owned tensors appended to a rewritten graph's inputs, in placeholder order."""
-        values = []
-        for name in ctx.extra_inputs:
-            if name == POSITION_SHIFT:
-                values.append(self._shift_tensor(example_inputs))
-            else:  # the segments buffer of a merged prefill
-                device = self._shift_tensor(example_inputs).device
-                values.append(ctx.runtime_input(name).to(device))
-        return values
+    def _specializing(self, gm: fx.GraphModule) -> Callable:
+        """A prefill traced with a symbolic length: rewrite and compile one static copy per length.
 
-    def _shift_tensor(self, example_inputs: list) -> torch.Tensor:
+        Done at the first call of each length, outside Dynamo's tracing, from the real arguments.
+        """
+        variants: dict[tuple, Callable] = {}
+
+        def compile_variant(args: list) -> Callable:
+            try:
+                static, kept = specialize(gm, args)
+            except RewriteError as err:
+                log.warning("HoliTom runs a dynamic-shape graph uncompiled: %s", err)
+                self.fallbacks += 1
+                return gm.forward
+            compiled = self._compile(static, [args[i] for i in kept])
+            return lambda *call_args: compiled(*[call_args[i] for i in kept])
+
+        def run(*args):
+            key = tuple(sorted((str(symbol), value) for symbol, value in symbol_bindings(gm, args).items()))
+            if key not in variants:
+                log.info("HoliTom: specializing a dynamic-shape prefill graph for %s", dict(key))
+                variants[key] = compile_variant(list(args))
+            return variants[key](*args)
+
+        return run
+
+    def _shift_tensor(self, device: torch.device) -> torch.Tensor:
         if self._position_shift is None:
-            device = next((x.device for x in example_inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
             self._position_shift = torch.zeros((), dtype=torch.long, device=device)
         return self._position_shift
 
-    def _runtime(self, compiled: Callable, ctx: GraphContext, example_inputs: list, runtime: list,
-                 fresh: bool) -> Callable:
+    def _take_vision_saliency(self, expected: tuple[int, int]) -> torch.Tensor | None:
+        """The saliency an encoder graph left for this prefill, if it fits; consumed either way."""
+        saliency, self._vision_saliency = self._vision_saliency, None
+        if saliency is not None and tuple(saliency.shape) == expected:
+            return saliency
+        self.saliency_fallbacks += 1
+        if not self._said_saliency_fallback:
+            log.info("HoliTom: the vision encoder's attention did not reach this prefill (the video was encoded "
+                     "outside the compiled graphs, e.g. by generate() under a plain model.compile); ranking dynamic "
+                     "tokens by the feature-norm saliency fallback (holitom_fx.ops.feature_saliency). "
+                     "holitom_fx.compile(model) compiles the vision tower too.")
+            self._said_saliency_fallback = True
+        return None
+
+    def _runtime(self, compiled: Callable, ctx: GraphContext, device: torch.device, fresh: bool) -> Callable:
         """Wrap a compiled graph with the runtime state it shares with the others."""
+        if ctx.exported_saliency:  # a vision-tower graph: keep its saliency, return what the model expects
+
+            def vision(*args):
+                *outputs, self._vision_saliency = compiled(*args)
+                return outputs
+
+            return vision
         video, inner = ctx.video, ctx.inner
-        if video is None and runtime:  # a decode graph: reads the shift the last prefill left
-            return lambda *args: compiled(*args, *runtime)
+        if video is None and POSITION_SHIFT in ctx.extra_inputs:  # a decode graph: reads the last prefill's shift
+            shift = self._shift_tensor(device)
+            return lambda *args: compiled(*args, shift)
         if video is None:
             if not fresh:
                 return compiled
-            shift = self._shift_tensor(example_inputs)
+            shift = self._shift_tensor(device)
 
             def unmerged_prefill(*args):  # decoding after it continues at its own positions
                 shift.zero_()
@@ -172,23 +236,38 @@ class HoliTomBackend:
 
             return unmerged_prefill
         shift_value = video.length - video.new_length if self.config.positions == "compact" else 0
-        span = video.tokens_in + video.pass_through
-        report = HoliTomReport(
-            frames=video.frames, tokens_in=span, tokens_after_outer=video.merged_tokens,
-            tokens_after_inner=inner.visual_tokens if inner else video.merged_tokens,
-            inner_layer=inner.layer if inner else None, batch=video.batch,
-            sequence_length=(video.length, video.new_length, inner.new_length if inner else video.new_length),
-            boundary=self.graphs[-1].boundary, graphs=self.graphs, window_end=runtime[0])
-        shift = self._shift_tensor(example_inputs)
+        shift = self._shift_tensor(device)
+        window_end = ctx.runtime_input(WINDOW_END).to(device)
+        expected_saliency = (video.batch * video.frames, video.tokens_per_frame)
+        no_saliency = ctx.runtime_input(SALIENCY).to(device), torch.zeros((), dtype=torch.bool, device=device)
+        valid = torch.ones((), dtype=torch.bool, device=device)
+
+        def runtime_inputs() -> tuple[list[torch.Tensor], str]:
+            values, source = [], "vision attention"
+            for name in ctx.extra_inputs:
+                if name == WINDOW_END:
+                    values.append(window_end)
+                elif name == SALIENCY:
+                    saliency = self._take_vision_saliency(expected_saliency)
+                    values += [no_saliency[0], no_saliency[1]] if saliency is None else [saliency, valid]
+                    source = "feature norm" if saliency is None else "vision attention (encoder graph)"
+            return values, source
 
         def prefill(*args):
-            out = compiled(*args, *runtime)
+            extra, source = runtime_inputs()
+            out = compiled(*args, *extra)
             shift.fill_(shift_value)
-            self.last_report = report
+            self.last_report = report = HoliTomReport(
+                frames=video.frames, tokens_in=video.tokens_in + video.pass_through,
+                tokens_after_outer=video.merged_tokens,
+                tokens_after_inner=inner.visual_tokens if inner else video.merged_tokens,
+                inner_layer=inner.layer if inner else None, batch=video.batch,
+                sequence_length=(video.length, video.new_length, inner.new_length if inner else video.new_length),
+                boundary=video.scatter.format_node(), saliency=source, graphs=self.graphs, window_end=window_end)
             log.info("HoliTom prefill: %d frames, visual tokens %d -> %d (outer) -> %d (inner, layer %s), "
-                     "sequence %d -> %d", report.frames, report.tokens_in, report.tokens_after_outer,
+                     "sequence %d -> %d, saliency: %s", report.frames, report.tokens_in, report.tokens_after_outer,
                      report.tokens_after_inner, report.inner_layer, report.sequence_length[0],
-                     report.sequence_length[2])
+                     report.sequence_length[2], source)
             return out
 
         return prefill
@@ -206,12 +285,21 @@ torch._dynamo.register_backend(lambda gm, inputs: holitom_backend(gm, inputs), n
 
 
 def compile(model: torch.nn.Module, config: HoliTomConfig | None = None, **compile_kwargs) -> HoliTomBackend:
-    """Compile ``model`` in place with a HoliTom backend bound to it; returns the backend.
+    """Compile ``model`` and its vision tower in place with one HoliTom backend bound to it; returns it.
 
-    Sets ``torch._dynamo.config.capture_scalar_outputs`` so transformers' placeholder check
-    (``.item()``) does not split the forward (see TRACING_NOTES), then ``model.compile``.
+    ``generate()`` encodes the video outside ``forward`` (TRACING_NOTES), so the vision tower
+    (the layout record's ``vision_tower`` submodule) is compiled too: its graph computes the
+    saliency from the encoder's own q/k and hands it to the merged prefill. Sets
+    ``torch._dynamo.config.capture_scalar_outputs`` so transformers' placeholder check
+    (``.item()``) does not split the forward, then ``module.compile`` (``compile_kwargs`` go there).
     """
     torch._dynamo.config.capture_scalar_outputs = True
     backend = HoliTomBackend(config).bind(model)
+    layout = layout_for(model.config)
+    if layout is not None:
+        model.get_submodule(layout.vision_tower).compile(backend=backend, **compile_kwargs)
+    else:
+        log.info("HoliTom: no layout record for model type %r; the vision tower is not compiled and the "
+                 "saliency falls back to feature norms", getattr(model.config, "model_type", None))
     model.compile(backend=backend, **compile_kwargs)
     return backend

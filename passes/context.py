@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 from holitom_fx.archs import VideoLayout
 from holitom_fx.config import HoliTomConfig
@@ -14,6 +16,12 @@ from holitom_fx.config import HoliTomConfig
 
 #: Runtime input a merged prefill graph writes its segments into (a backend-owned buffer).
 WINDOW_END = "holitom_window_end"
+#: Runtime inputs of a prefill graph whose saliency comes from the separately compiled vision
+#: tower: the pooled saliency ``[B*T, N]`` and whether it is valid for this call (else feature norm).
+SALIENCY = "holitom_saliency"
+SALIENCY_VALID = "holitom_saliency_valid"
+
+SDPA_TARGETS = (torch._C._nn.scaled_dot_product_attention, torch.nn.functional.scaled_dot_product_attention)
 
 
 class RewriteError(Exception):
@@ -57,15 +65,28 @@ class GraphContext:
     model_config: Any | None
     video: VideoSite | None = None
     inner: InnerSite | None = None
+    vision_classes: frozenset[type] = frozenset()  # module classes of the model's vision tower
+    # pooled saliency node -> (the encoder SDPA it reads, its shape [frames, tokens per frame])
+    saliency_candidates: dict[fx.Node, tuple[fx.Node, tuple[int, int]]] = field(default_factory=dict)
+    saliency_in_graph: bool = False  # the merge reads saliency computed in this graph (else a runtime input)
+    exported_saliency: bool = False  # the graph returns its saliency as an extra, last output
     extra_inputs: list[str] = field(default_factory=list)  # runtime inputs the backend appends
     notes: list[str] = field(default_factory=list)  # why a pass did nothing
-
 
     def runtime_input(self, name: str) -> torch.Tensor:
         """A placeholder-shaped value for an extra runtime input (the backend supplies the real one)."""
         if name == WINDOW_END:
             return torch.zeros(self.video.batch, self.video.frames, dtype=torch.long)
+        if name == SALIENCY:
+            return torch.zeros(self.video.batch * self.video.frames, self.video.tokens_per_frame)
+        if name == SALIENCY_VALID:
+            return torch.zeros((), dtype=torch.bool)
         return torch.zeros((), dtype=torch.long)
+
+
+def fresh_fake_mode() -> FakeTensorMode:
+    """A fake mode of its own for real example inputs: static sizes, data-dependent values allowed."""
+    return FakeTensorMode(allow_non_fake_inputs=True)
 
 
 def tensor_of(node: Any) -> torch.Tensor | None:
@@ -79,6 +100,14 @@ def tensor_of(node: Any) -> torch.Tensor | None:
 def shape_of(node: Any) -> tuple[int, ...] | None:
     value = tensor_of(node)
     return tuple(value.shape) if value is not None else None
+
+
+def sdpa_inputs(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node | None, float | None]:
+    """(query, key, attn_mask, scale) of an SDPA call, positional or keyword."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+    bound = dict(zip(names, node.args))
+    bound.update(node.kwargs)
+    return bound["query"], bound["key"], bound.get("attn_mask"), bound.get("scale")
 
 
 def mark_inserted(node: fx.Node) -> fx.Node:

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import operator
 
-import torch
 import torch.fx as fx
 
 from holitom_fx.ops import gather_tokens, inner_kept_count
 from holitom_fx.ops.stages import inner_stage
 
-from .context import GraphContext, InnerSite, RewriteError, mark_inserted, shape_of
+from .context import SDPA_TARGETS, GraphContext, InnerSite, RewriteError, mark_inserted, sdpa_inputs, shape_of
 from .module_stack import decoder_layer
-
-_SDPA_TARGETS = (torch._C._nn.scaled_dot_product_attention, torch.nn.functional.scaled_dot_product_attention)
-
-
-def _sdpa_inputs(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node | None, float | None]:
-    """(query, key, attn_mask, scale) of an SDPA call, positional or keyword."""
-    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
-    bound = dict(zip(names, node.args))
-    bound.update(node.kwargs)
-    return bound["query"], bound["key"], bound.get("attn_mask"), bound.get("scale")
-
 
 class InnerMergePass:
     """Insert ``inner_stage`` before layer K; layers K.. read the shortened hidden state.
@@ -52,7 +40,7 @@ class InnerMergePass:
             # mask from layer 0's cache length, which cannot mask a padded batch's shorter caches.
             ctx.notes.append("inner stage skipped: batch > 1 (per-layer cache lengths break padded decoding)")
             return 0
-        attention = [n for n in graph.nodes if n.target in _SDPA_TARGETS and layer_of[n] == layer - 1]
+        attention = [n for n in graph.nodes if n.target in SDPA_TARGETS and layer_of[n] == layer - 1]
         if len(attention) != 1:
             raise RewriteError(f"expected one SDPA call in decoder layer {layer - 1}, found {len(attention)}")
         order = {node: index for index, node in enumerate(graph.nodes)}
@@ -64,7 +52,7 @@ class InnerMergePass:
             raise RewriteError(f"cannot tell decoder layer {layer}'s input hidden state apart ({len(hidden)} candidates)")
         hidden = hidden[0]
 
-        query, key, attn_mask, scale = _sdpa_inputs(attention[0])
+        query, key, attn_mask, scale = sdpa_inputs(attention[0])
         span = ctx.video.merged_tokens
         with graph.inserting_before(first):
             stage = mark_inserted(graph.call_function(

@@ -9,11 +9,13 @@ import torch.fx as fx
 from torch._guards import detect_fake_mode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from .context import GraphContext, RewriteError
+from .context import GraphContext, RewriteError, fresh_fake_mode
 from .decode_positions import DecodePositionPass
 from .inner_merge import InnerMergePass
 from .outer_merge import OuterMergePass
+from .saliency_export import SaliencyExportPass
 from .sequence_length import SequenceLengthPass
+from .vision_saliency import VisionSaliencyPass
 
 log = logging.getLogger("holitom_fx.passes")
 
@@ -23,7 +25,8 @@ class PassManager:
 
     def __init__(self, ctx: GraphContext):
         self.ctx = ctx
-        self.passes = [OuterMergePass(ctx), InnerMergePass(ctx), SequenceLengthPass(ctx), DecodePositionPass(ctx)]
+        self.passes = [VisionSaliencyPass(ctx), OuterMergePass(ctx), InnerMergePass(ctx), SequenceLengthPass(ctx),
+                       DecodePositionPass(ctx), SaliencyExportPass(ctx)]
 
     def __call__(self, gm: fx.GraphModule, example_inputs: list) -> dict[str, int]:
         counts = {type(p).__name__: p(gm.graph) for p in self.passes}
@@ -38,12 +41,13 @@ class PassManager:
     def _propagate_shapes(self, gm: fx.GraphModule, example_inputs: list) -> None:
         """Re-run shape propagation: proves the rewritten graph is consistent, refreshes metadata."""
         inputs = list(example_inputs) + [self.ctx.runtime_input(name) for name in self.ctx.extra_inputs]
-        fake_mode = detect_fake_mode(inputs)
+        fake_mode = detect_fake_mode(inputs)  # Dynamo's while it compiles; none for a runtime specialization
         try:
             if fake_mode is None:
-                FakeTensorProp(gm).propagate(*inputs)
+                FakeTensorProp(gm, fresh_fake_mode()).propagate(*inputs)
             else:
-                fakes = [fake_mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs]
+                fakes = [fake_mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x
+                         for x in inputs]
                 FakeTensorProp(gm, fake_mode).propagate_dont_convert_inputs(*fakes)
         except Exception as err:  # any inconsistency means the rewrite is unsafe
             raise RewriteError(f"rewritten graph does not propagate shapes: {type(err).__name__}: {err}") from err

@@ -1,4 +1,4 @@
-"""The one place that reads ``nn_module_stack``: which decoder layer a node belongs to."""
+"""The one place that reads ``nn_module_stack``: which decoder or vision layer a node belongs to."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import re
 
 import torch.fx as fx
 
-# `...language_model.layers.3.self_attn` or `..._modules['layers']._modules['3']...`
-_LAYER = re.compile(r"layers(?:\.|'\]\._modules\[')(\d+)")
+# `...language_model.layers.3.self_attn`, `...visual.blocks.3.attn` or `..._modules['layers']._modules['3']...`
+_LAYER = re.compile(r"(?:layers|blocks)(?:\.|'\]\._modules\[')(\d+)")
 _VISION = re.compile(r"vision|visual|image_encoder", re.IGNORECASE)
 
 
@@ -23,19 +23,29 @@ def module_path(node: fx.Node) -> str:
     return last[0] if isinstance(last, tuple) else str(last)
 
 
+def _layer_index(path: str) -> int | None:
+    found = _LAYER.findall(path)
+    return int(found[-1]) if found else None
+
+
 def decoder_layer(node: fx.Node) -> int | None:
     """Index of the language-model decoder layer the node was traced in, or None."""
     path = module_path(node)
     if not path or _VISION.search(path):
         return None
-    found = _LAYER.findall(path)
-    return int(found[-1]) if found else None
+    return _layer_index(path)
 
 
-def vision_layer(node: fx.Node) -> int | None:
-    """Index of the vision-encoder layer the node was traced in, or None."""
+def vision_layer(node: fx.Node, vision_classes: frozenset[type] = frozenset()) -> int | None:
+    """Index of the vision-encoder layer the node was traced in, or None.
+
+    A graph traced from inside the vision tower (the tower compiled on its own, or a frame
+    resumed after a graph break) has paths like ``L['self'].layers.3`` that do not name it;
+    its module classes (``vision_classes``) still tell.
+    """
     path = module_path(node)
-    if not path or not _VISION.search(path):
+    stack = node.meta.get("nn_module_stack") or {}
+    in_tower = any(isinstance(entry, tuple) and entry[1] in vision_classes for entry in stack.values())
+    if not path or not (in_tower or _VISION.search(path)):
         return None
-    found = _LAYER.findall(path)
-    return int(found[-1]) if found else None
+    return _layer_index(path)

@@ -11,7 +11,8 @@ import torch.fx as fx
 from holitom_fx.ops import exact_budget
 from holitom_fx.ops.stages import outer_stage
 
-from .context import WINDOW_END, GraphContext, RewriteError, VideoSite, mark_inserted, shape_of
+from .context import (SALIENCY, SALIENCY_VALID, WINDOW_END, GraphContext, RewriteError, VideoSite, mark_inserted,
+                      shape_of)
 
 _SCATTER_TARGETS = ("masked_scatter", torch.Tensor.masked_scatter, torch.masked_scatter)
 _EQ_TARGETS = (operator.eq, torch.eq, "eq", "__eq__", torch.Tensor.eq)
@@ -49,6 +50,33 @@ def find_video_scatter(graph: fx.Graph, token_id: int) -> fx.Node | None:
     return found[0] if found else None
 
 
+def has_video_scatter(graph: fx.Graph, ctx: GraphContext) -> bool:
+    """Whether the graph scatters video features (the outer pass would rewrite it)."""
+    if ctx.layout is None or ctx.model_config is None:
+        return False
+    token_id = ctx.layout.video_token_id(ctx.model_config)
+    try:
+        return token_id is not None and find_video_scatter(graph, token_id) is not None
+    except RewriteError:  # more than one: the outer pass says why
+        return True
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen, stack = set(), [node]
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(current.all_input_nodes)
+    return seen
+
+
+def _add_placeholder(graph: fx.Graph, name: str) -> fx.Node:
+    last = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    with graph.inserting_after(last):
+        return mark_inserted(graph.placeholder(name))
+
+
 class OuterMergePass:
     """Insert ``outer_stage`` right after the video scatter and reroute every use of its output."""
 
@@ -80,10 +108,12 @@ class OuterMergePass:
             raise RewriteError("budget='reference' has a data-dependent token count; the compiled path needs "
                                "budget='exact' (use holitom_fx.ops.outer_merge eagerly for the reference)")
         merged = exact_budget(frames, per_frame, ctx.config.retain_ratio) + pass_through
+        saliency = self._saliency(graph, features, (batch * frames, per_frame))
 
         with graph.inserting_after(scatter):
             stage = mark_inserted(graph.call_function(
-                outer_stage, (scatter, mask, features, frames, per_frame, pass_through, astuple(ctx.config))))
+                outer_stage, (scatter, mask, features, frames, per_frame, pass_through, astuple(ctx.config),
+                              *saliency)))
         outputs = []
         previous = stage
         for index in range(4):
@@ -93,9 +123,7 @@ class OuterMergePass:
         spliced = outputs[0]
         scatter.replace_all_uses_with(spliced, delete_user_cb=lambda user: user is not stage)
         # The segments leave the graph through a buffer the backend owns (an input mutation).
-        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-        with graph.inserting_after(placeholders[-1]):
-            segments_buffer = mark_inserted(graph.placeholder(WINDOW_END))
+        segments_buffer = _add_placeholder(graph, WINDOW_END)
         with graph.inserting_after(previous):
             previous = mark_inserted(graph.call_method("copy_", (segments_buffer, outputs[3])))
         previous.meta["holitom_side_effect"] = True
@@ -105,3 +133,16 @@ class OuterMergePass:
             pass_through=pass_through, merged_tokens=merged, new_length=length - span + merged,
             source=outputs[1], span_start=outputs[2], window_end=outputs[3], last_inserted=previous)
         return 1
+
+    def _saliency(self, graph: fx.Graph, features: fx.Node, shape: tuple[int, int]) -> tuple[fx.Node, ...]:
+        """Arguments ranking the dynamic tokens: the in-graph vision saliency of the encoder call that
+        produced ``features``; else runtime inputs the backend fills from the graph that encoded the
+        video, or marks invalid (feature-norm fallback)."""
+        ctx = self.ctx
+        upstream = _ancestors(features) if ctx.saliency_candidates else set()
+        in_graph = [n for n, (anchor, n_shape) in ctx.saliency_candidates.items() if anchor in upstream and n_shape == shape]
+        if len(in_graph) == 1:
+            ctx.saliency_in_graph = True
+            return (in_graph[0],)
+        ctx.extra_inputs += [SALIENCY, SALIENCY_VALID]
+        return _add_placeholder(graph, SALIENCY), _add_placeholder(graph, SALIENCY_VALID)

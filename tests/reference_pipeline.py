@@ -1,5 +1,9 @@
 """Eager reference of HoliTom on an unmodified transformers model (test code only).
 
+The saliency is either the feature-norm fallback or the spec's: attention received in the
+vision layer feeding the projector, read from transformers' own eager attention
+(``output_attentions``) of an uncompiled model with the same weights, pooled like
+LLaVA-OneVision pools its features.
 Merged ``inputs_embeds`` are computed with ``holitom_fx.ops`` and fed to the model's own
 decoder layers, called one by one; the inner merge is applied at layer K by the loop
 reference of ``reference_holitom``, from attention recomputed with transformers' own rotary
@@ -8,18 +12,34 @@ helper. Greedy decoding continues on the per-layer caches at compact positions.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from holitom_fx import HoliTomConfig
-from holitom_fx.ops import outer_merge, splice_span
-from holitom_fx.ops.stages import feature_saliency
+from holitom_fx.ops import feature_saliency, outer_merge, splice_span
 
 from . import reference_holitom as ref
 
 
-def merged_embeds(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int):
+def vision_attention_saliency(twin, pixel_values_videos) -> torch.Tensor:
+    """``[T, N]``: attention received per patch in the last vision layer (transformers' eager
+    attention, mean over heads and queries), bilinear-pooled 2x like the features.
+
+    ``twin``: an uncompiled model with the compiled one's weights; switched to eager attention."""
+    twin.set_attn_implementation("eager")
+    pixels = pixel_values_videos.flatten(0, 1)
+    attention = twin.model.vision_tower(pixels, output_attentions=True).attentions[-1]  # [T, H, P, P]
+    received = attention.mean(dim=(1, 2))
+    side = math.isqrt(received.shape[1])
+    pooled = math.ceil(side / 2)
+    return F.interpolate(received.reshape(-1, 1, side, side), size=(pooled, pooled), mode="bilinear").flatten(1)
+
+
+def merged_embeds(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int, saliency_twin=None):
     """(inputs_embeds after the outer merge, span start, span length after merging), batch 1."""
     inner = model.model
     features = inner.get_video_features(pixel_values_videos=pixel_values_videos).pooler_output[0]  # [V, E]
@@ -28,7 +48,9 @@ def merged_embeds(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, fra
     embeds = embeds.masked_scatter(mask, features)
     per_frame = (features.shape[0] - 1) // frames
     grid = features[:-1].reshape(frames, per_frame, -1)
-    out = outer_merge(grid, feature_saliency(grid), cfg)
+    ranking = feature_saliency(grid) if saliency_twin is None else vision_attention_saliency(saliency_twin,
+                                                                                             pixel_values_videos)
+    out = outer_merge(grid, ranking, cfg)
     tokens = torch.cat([out.tokens, features[-1:]])[None]
     source = torch.cat([out.positions, torch.tensor([frames * per_frame])])[None]
     start = mask[..., 0].long().argmax(1)
@@ -49,10 +71,15 @@ def last_row_attention(layer, hidden, cos, sin):
 
 
 @torch.no_grad()
-def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int, new_tokens: int):
-    """(prefill logits of the last position [1, vocab], greedy tokens [new_tokens])."""
+def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int, new_tokens: int,
+             saliency_twin=None):
+    """(prefill logits of the last position [1, vocab], greedy tokens [new_tokens]).
+
+    Dynamic tokens are ranked by feature norm, or with ``saliency_twin`` (an uncompiled model with
+    the same weights) by the vision encoder's attention received.
+    """
     lm = model.model.language_model
-    hidden, start, span, original = merged_embeds(model, input_ids, pixel_values_videos, cfg, frames)
+    hidden, start, span, original = merged_embeds(model, input_ids, pixel_values_videos, cfg, frames, saliency_twin)
     length = hidden.shape[1]
     layer_k = cfg.resolve_inner_layer(len(lm.layers))
     positions = torch.arange(length)[None] if cfg.positions == "compact" else original

@@ -25,9 +25,12 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def compiled_model(cfg: HoliTomConfig, compiler="eager", seed=0, **model_kwargs):
+def compiled_model(cfg: HoliTomConfig, compiler="eager", seed=0, vision=False, **model_kwargs):
+    """A tiny model compiled with a HoliTom backend; ``vision``: its vision tower too (as holitom_fx.compile)."""
     model = tiny_llava_onevision(seed=seed, **model_kwargs)
     backend = HoliTomBackend(cfg, compiler=compiler).bind(model)
+    if vision:
+        model.model.vision_tower.compile(backend=backend)
     model.compile(backend=backend)
     return model, backend
 
@@ -41,6 +44,13 @@ def video_inputs(model, frames=FRAMES, before=(1, 2, 3), after=(5, 6, 7, 8, 9), 
 def greedy(model, inputs, new_tokens):
     out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
     return out[:, inputs["input_ids"].shape[1]:].tolist()
+
+
+def greedy_with_first_logits(model, inputs, new_tokens):
+    """(generated tokens, logits of the prefill's last position) of one ``generate()``."""
+    out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True)
+    return out.sequences[:, inputs["input_ids"].shape[1]:].tolist(), out.logits[0]
 
 
 IDENTITY = HoliTomConfig(retain_ratio=1.0, tau=1.5, inner_layer="off")
@@ -65,10 +75,11 @@ def test_identity_at_full_retain_without_inner_stage():
 ], ids=["compact-inner", "compact-outer-only", "original-inner"])
 @torch.no_grad()
 def test_prefill_and_generate_match_the_eager_reference_pipeline(cfg):
-    model, backend = compiled_model(cfg)
+    model, backend = compiled_model(cfg, vision=True)
     inputs = video_inputs(model)
     expected_logits, expected_tokens = reference_pipeline.generate(
-        model, inputs["input_ids"], inputs["pixel_values_videos"], cfg, FRAMES, 16)
+        tiny_llava_onevision(), inputs["input_ids"], inputs["pixel_values_videos"], cfg, FRAMES, 16,
+        saliency_twin=tiny_llava_onevision())
     # No attention mask, explicit positions: transformers derives a packed-sequence mask from
     # the positions here, so any gap leaking into it would change these logits.
     length = inputs["input_ids"].shape[1]
@@ -110,6 +121,66 @@ def test_batch_of_two_with_left_padding_equals_each_row_alone():
         single, _ = compiled_model(cfg)
         alone += greedy(single, inputs, 8)
     assert together == alone
+
+
+@torch.no_grad()
+def test_generate_ranks_by_the_attention_of_the_compiled_vision_tower():
+    """generate() encodes the video before the prefill: the vision graph's saliency reaches the merge."""
+    model, backend = compiled_model(MERGING, vision=True)
+    inputs = video_inputs(model)
+    ids, pixels = inputs["input_ids"], inputs["pixel_values_videos"]
+    expected_logits, expected_tokens = reference_pipeline.generate(
+        tiny_llava_onevision(), ids, pixels, MERGING, FRAMES, 16, saliency_twin=tiny_llava_onevision())
+    norm_logits, _ = reference_pipeline.generate(tiny_llava_onevision(), ids, pixels, MERGING, FRAMES, 1)
+    assert not torch.allclose(expected_logits, norm_logits, atol=1e-3)  # the saliency decides the merge here
+    tokens, logits = greedy_with_first_logits(model, inputs, 16)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    assert tokens == [expected_tokens]
+    assert backend.last_report.saliency == "vision attention (encoder graph)" and backend.saliency_fallbacks == 0
+    assert sum(g.rewrites.get("SaliencyExportPass", 0) for g in backend.graphs) == 1
+
+
+@torch.no_grad()
+def test_forward_call_ranks_by_the_vision_attention_inside_its_graph():
+    """A plain forward call encodes the video inside the compiled graph: the saliency is computed there."""
+    model, backend = compiled_model(MERGING)
+    inputs = video_inputs(model)
+    expected_logits, _ = reference_pipeline.generate(
+        tiny_llava_onevision(), inputs["input_ids"], inputs["pixel_values_videos"], MERGING, FRAMES, 1,
+        saliency_twin=tiny_llava_onevision())
+    torch.testing.assert_close(model(**inputs).logits[:, -1], expected_logits, rtol=1e-4, atol=1e-4)
+    assert backend.last_report.saliency.startswith("vision attention") and backend.saliency_fallbacks == 0
+
+
+@torch.no_grad()
+def test_plain_compile_uses_the_feature_norm_fallback_and_says_so_once(caplog):
+    """model.compile(backend=...) alone: generate() encodes the video eagerly, out of the graphs' reach."""
+    model, backend = compiled_model(MERGING)
+    inputs = video_inputs(model, seed=1)
+    _, expected = reference_pipeline.generate(tiny_llava_onevision(), inputs["input_ids"],
+                                              inputs["pixel_values_videos"], MERGING, FRAMES, 16)
+    with caplog.at_level(logging.INFO, logger="holitom_fx"):
+        greedy(model, video_inputs(model), 2)
+        assert greedy(model, inputs, 16) == [expected]
+    assert sum("feature-norm saliency fallback" in r.message for r in caplog.records) == 1
+    assert backend.last_report.saliency == "feature norm"
+
+
+@torch.no_grad()
+def test_a_new_prompt_length_is_merged_too_without_recompiling_it_twice():
+    """Dynamo re-traces a second prompt length symbolically; the backend specializes it per length."""
+    model, backend = compiled_model(MERGING, vision=True)
+    greedy(model, video_inputs(model), 4)
+    longer = video_inputs(model, before=(1, 2, 3, 4, 5, 6), seed=1)
+    ids, pixels = longer["input_ids"], longer["pixel_values_videos"]
+    _, expected = reference_pipeline.generate(tiny_llava_onevision(), ids, pixels, MERGING, FRAMES, 16,
+                                              saliency_twin=tiny_llava_onevision())
+    assert greedy(model, longer, 16) == [expected]
+    report = backend.last_report
+    assert report.sequence_length[0] == ids.shape[1] and report.saliency == "vision attention (encoder graph)"
+    assert backend.fallbacks == 0 and backend.saliency_fallbacks == 0
+    graphs = len(backend.graphs)
+    assert greedy(model, longer, 16) == [expected] and len(backend.graphs) == graphs
 
 
 @torch.no_grad()

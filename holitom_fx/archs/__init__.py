@@ -2,9 +2,10 @@
 
 A record names the model types it covers and answers, from the model config only:
 which token id marks video placeholders, how many tokens one frame contributes
-after the projector and pooling, and how many pass-through tokens (newline,
-separators) follow the frame grid of each video. The passes never branch on the
-architecture: they read these records.
+after the projector and pooling, how many pass-through tokens (newline, separators)
+follow the frame grid of each video, and where the saliency comes from (the vision
+tower, the encoder layer feeding the projector, how patches pool to the frame grid).
+The passes never branch on the architecture: they read these records.
 """
 
 from __future__ import annotations
@@ -15,6 +16,15 @@ from typing import Any, Callable
 
 
 @dataclass(frozen=True)
+class SaliencyGrid:
+    """How per-patch saliency of one frame maps to its frame-grid tokens (``ops.pool_saliency``)."""
+
+    drop_leading: int  # non-patch tokens before the patches (a CLS token)
+    side: int  # patches per side
+    pooled_side: int  # frame-grid tokens per side after the model's pooling
+
+
+@dataclass(frozen=True)
 class VideoLayout:
     """Where a video's tokens come from, for one family of models."""
 
@@ -22,6 +32,9 @@ class VideoLayout:
     tokens_per_frame: Callable[[Any], int]
     pass_through_tokens: int = 0
     video_token_attrs: tuple[str, ...] = ("video_token_id", "video_token_index")
+    vision_tower: str = "model.vision_tower"  # submodule path, compiled by holitom_fx.compile
+    saliency_layer: Callable[[Any], int | None] = lambda config: None  # encoder layer feeding the projector
+    saliency_grid: Callable[[Any], SaliencyGrid] | None = None
 
     def video_token_id(self, config: Any) -> int | None:
         for attr in self.video_token_attrs:
@@ -31,14 +44,33 @@ class VideoLayout:
         return None
 
 
+def _patch_side(config: Any) -> int:
+    return config.vision_config.image_size // config.vision_config.patch_size
+
+
 def _pooled_patch_grid(config: Any) -> int:
     """LLaVA-OneVision: patch grid of the vision tower, bilinear-pooled 2x (27x27 -> 14x14)."""
-    side = config.vision_config.image_size // config.vision_config.patch_size
-    return math.ceil(side / 2) ** 2
+    return math.ceil(_patch_side(config) / 2) ** 2
+
+
+def _selected_hidden_state_layer(config: Any) -> int | None:
+    """Encoder layer whose output is ``hidden_states[vision_feature_layer]`` (entry 0 is the embeddings)."""
+    index = config.vision_feature_layer
+    if not isinstance(index, int):  # several layers concatenated: no single attention to read
+        return None
+    layer = index % (config.vision_config.num_hidden_layers + 1) - 1
+    return layer if layer >= 0 else None
+
+
+def _llava_onevision_saliency_grid(config: Any) -> SaliencyGrid:
+    side = _patch_side(config)
+    return SaliencyGrid(drop_leading=1 if config.vision_feature_select_strategy == "default" else 0,
+                        side=side, pooled_side=math.ceil(side / 2))
 
 
 LAYOUTS: tuple[VideoLayout, ...] = (
-    VideoLayout(model_types=("llava_onevision",), tokens_per_frame=_pooled_patch_grid, pass_through_tokens=1),
+    VideoLayout(model_types=("llava_onevision",), tokens_per_frame=_pooled_patch_grid, pass_through_tokens=1,
+                saliency_layer=_selected_hidden_state_layer, saliency_grid=_llava_onevision_saliency_grid),
 )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .checks import values_checkable
+
 
 def inner_kept_count(span_length: int, ratio: float) -> int:
     """Visual tokens the inner stage keeps: ``round(V * (1 - r))``, at least one when V > 0
@@ -46,7 +48,7 @@ def inner_merge(
         raise ValueError(f"inner_merge: span_length={span_length} must be in [0, {length}]")
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"inner_merge: ratio={ratio} must be in [0, 1)")
-    if not torch.compiler.is_compiling():
+    if values_checkable(span_start):
         if bool(((span_start < 0) | (span_start + span_length > length)).any()):
             raise ValueError(f"inner_merge: visual span [start, start + {span_length}) leaves [0, {length})")
     device = hidden.device

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import HoliTomConfig
+from .checks import values_checkable
 from .clustering import dpc_knn_centres, merge_into_centres, pairwise_distance, rank_within_groups
 from .segmentation import Segmentation, frame_similarity, segment_frames, static_token_mask
 
@@ -71,7 +72,7 @@ def _check_inputs(features: torch.Tensor, saliency: torch.Tensor) -> None:
     if saliency.shape != features.shape[:2]:
         raise ValueError(
             f"outer_merge: saliency must be [T, N] = {tuple(features.shape[:2])}, got {tuple(saliency.shape)}")
-    if not torch.compiler.is_compiling():  # a data check would be a host sync inside a graph
+    if values_checkable(features, saliency):  # a data check would be a host sync inside a graph
         if not (torch.isfinite(features).all() and torch.isfinite(saliency).all()):
             raise ValueError("outer_merge: features and saliency must be finite (found NaN or inf)")
 

@@ -11,16 +11,8 @@ import torch
 from ..config import HoliTomConfig
 from .inner import inner_merge
 from .outer import outer_merge
+from .saliency import feature_saliency
 from .sequence import last_query_attention, splice_span
-
-
-def feature_saliency(grid: torch.Tensor) -> torch.Tensor:
-    """Fallback saliency when the vision encoder's attention is not in reach: token L2 norm, ``[T, N]``.
-
-    In ViT features, the tokens that receive the most attention are the high-norm ones;
-    the norm is a cheap, attention-free stand-in for "attention received".
-    """
-    return grid.float().norm(dim=-1)
 
 
 def outer_stage(
@@ -32,6 +24,7 @@ def outer_stage(
     pass_through: int,
     config_fields: tuple,
     saliency: torch.Tensor | None = None,
+    saliency_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge each row's video span of ``embeds[B, L, E]`` (already scattered) into ``M + P`` tokens.
 
@@ -40,6 +33,8 @@ def outer_stage(
     ``config_fields`` are the ``HoliTomConfig`` field values in order (graph arguments must be
     literals). Returns ``(embeds[B, L', E], source[B, L'], span_start[B], window_end[B, T])``:
     ``source`` is the original index each token stands for; ``window_end`` encodes the segments.
+    ``saliency[B*T, N]`` ranks dynamic tokens (vision attention received); without it, or where
+    the bool tensor ``saliency_valid`` is false, the feature-norm fallback ranks them.
     """
     config = HoliTomConfig(*config_fields)
     batch = embeds.shape[0]
@@ -48,10 +43,14 @@ def outer_stage(
     mask = video_mask.reshape(batch, -1)
     span_start = mask.to(torch.int32).argmax(1).long()  # first video token of each row
     per_row = features.reshape(batch, span, -1)
+    per_row_saliency = saliency.reshape(batch, frames, tokens_per_frame) if saliency is not None else None
     merged, merged_source, window_end = [], [], []
     for row in range(batch):  # batch rows only: a handful, unrolled when traced
         grid = per_row[row, :grid_tokens].reshape(frames, tokens_per_frame, -1)
-        row_saliency = saliency[row] if saliency is not None else feature_saliency(grid)
+        row_saliency = feature_saliency(grid)
+        if per_row_saliency is not None:
+            row_saliency = per_row_saliency[row].float() if saliency_valid is None else torch.where(
+                saliency_valid, per_row_saliency[row].float(), row_saliency)
         out = outer_merge(grid, row_saliency, config)
         passed = torch.arange(grid_tokens, span, device=embeds.device)
         merged.append(torch.cat([out.tokens, per_row[row, grid_tokens:]]))

@@ -1,0 +1,48 @@
+"""VisionSaliencyPass: the saliency of the spec, from the vision encoder's own q/k, inside the graph.
+
+Anchor: the SDPA call of the encoder layer whose output feeds the projector (the layout
+record names it). After it, ``ops.attention_received`` recomputes the attention each patch
+receives from that call's q/k, and ``ops.pool_saliency`` pools it to the frame grid.
+The outer pass consumes it when the video is merged in the same graph; otherwise
+``SaliencyExportPass`` hands it to the backend as an extra graph output.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from holitom_fx.ops import attention_received, pool_saliency
+
+from .context import SDPA_TARGETS, GraphContext, mark_inserted, sdpa_inputs, shape_of
+from .module_stack import vision_layer
+
+
+class VisionSaliencyPass:
+    def __init__(self, ctx: GraphContext):
+        self.ctx = ctx
+
+    def __call__(self, graph: fx.Graph) -> int:
+        ctx = self.ctx
+        if ctx.layout is None or ctx.layout.saliency_grid is None:
+            return 0
+        by_layer: dict[int, list[fx.Node]] = {}
+        for node in graph.nodes:
+            layer = vision_layer(node, ctx.vision_classes) if node.target in SDPA_TARGETS else None
+            if layer is not None:
+                by_layer.setdefault(layer, []).append(node)
+        if not by_layer:
+            return 0
+        layer = ctx.layout.saliency_layer(ctx.model_config)
+        if layer not in by_layer:
+            ctx.notes.append(f"vision layer {layer} feeding the projector has no SDPA call in this graph")
+            return 0
+        grid = ctx.layout.saliency_grid(ctx.model_config)
+        for attention in by_layer[layer]:
+            query, key, attn_mask, scale = sdpa_inputs(attention)
+            with graph.inserting_after(attention):
+                received = mark_inserted(graph.call_function(attention_received, (query, key, attn_mask, scale)))
+            with graph.inserting_after(received):
+                pooled = mark_inserted(graph.call_function(
+                    pool_saliency, (received, grid.drop_leading, grid.side, grid.pooled_side)))
+            ctx.saliency_candidates[pooled] = (attention, ((shape_of(query) or (None,))[0], grid.pooled_side ** 2))
+        return len(by_layer[layer])
