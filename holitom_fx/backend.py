@@ -19,6 +19,7 @@ import torch.fx as fx
 from passes.context import SALIENCY, WINDOW_END, GraphContext, RewriteError
 from passes.decode_positions import POSITION_SHIFT
 from passes.manager import PassManager
+from passes.module_stack import decoder_layer
 from passes.outer_merge import has_video_scatter
 from passes.specialize import is_symbolic, specialize, symbol_bindings
 
@@ -84,14 +85,16 @@ def _module_from_dynamo_frame() -> torch.nn.Module | None:
 
 
 def _vision_classes(model: torch.nn.Module, layout: VideoLayout | None) -> frozenset[type]:
-    """Module classes of the model's vision tower: they mark encoder layers in any graph."""
+    """Module classes found only in the model's vision tower: they mark encoder layers in any graph."""
     if layout is None:
         return frozenset()
     try:
         tower = model.get_submodule(layout.vision_tower)
     except AttributeError:
         return frozenset()
-    return frozenset(type(module) for module in tower.modules())
+    inside = {id(module) for module in tower.modules()}
+    elsewhere = {type(module) for module in model.modules() if id(module) not in inside}
+    return frozenset(type(module) for module in tower.modules()) - elsewhere
 
 
 def _inductor(gm: fx.GraphModule, example_inputs: list) -> Callable:
@@ -159,13 +162,13 @@ class HoliTomBackend:
         self.graphs.append(record)
         if ctx.video is not None:
             record.boundary = ctx.video.scatter.format_node()
-        elif not ctx.extra_inputs and not ctx.exported_saliency:
-            log.info("HoliTom did nothing on a graph of %d nodes: %s", record.nodes, "; ".join(ctx.notes) or "-")
+        elif not ctx.extra_inputs and not ctx.exported_saliency:  # said once per call: at its language-model graph
+            log.log(logging.INFO if _is_prefill(gm.graph, ctx) else logging.DEBUG,
+                    "HoliTom did nothing on a graph of %d nodes: %s", record.nodes, "; ".join(ctx.notes) or "-")
         device = next((x.device for x in example_inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
         placeholders = [ctx.runtime_input(name).to(device) for name in ctx.extra_inputs]
         compiled = self._compiler(rewritten, list(example_inputs) + placeholders)
-        fresh = not any("past_key_values" in n.target for n in gm.graph.nodes if n.op == "placeholder")
-        return self._runtime(compiled, ctx, device, fresh)
+        return self._runtime(compiled, ctx, device, _is_prefill(gm.graph, ctx))
 
     def _specializing(self, gm: fx.GraphModule) -> Callable:
         """A prefill traced with a symbolic length: rewrite and compile one static copy per length.
@@ -212,7 +215,7 @@ class HoliTomBackend:
             self._said_saliency_fallback = True
         return None
 
-    def _runtime(self, compiled: Callable, ctx: GraphContext, device: torch.device, fresh: bool) -> Callable:
+    def _runtime(self, compiled: Callable, ctx: GraphContext, device: torch.device, prefill: bool) -> Callable:
         """Wrap a compiled graph with the runtime state it shares with the others."""
         if ctx.exported_saliency:  # a vision-tower graph: keep its saliency, return what the model expects
 
@@ -226,12 +229,13 @@ class HoliTomBackend:
             shift = self._shift_tensor(device)
             return lambda *args: compiled(*args, shift)
         if video is None:
-            if not fresh:
+            if not prefill:
                 return compiled
             shift = self._shift_tensor(device)
 
             def unmerged_prefill(*args):  # decoding after it continues at its own positions
                 shift.zero_()
+                self._vision_saliency = None  # an image's, or unused: never for a later prefill
                 return compiled(*args)
 
             return unmerged_prefill
@@ -271,6 +275,13 @@ class HoliTomBackend:
             return out
 
         return prefill
+
+
+def _is_prefill(graph: fx.Graph, ctx: GraphContext) -> bool:
+    """A graph that runs decoder layers on a fresh prompt (no cache input)."""
+    nodes = list(graph.nodes)
+    return not any(n.op == "placeholder" and "past_key_values" in n.target for n in nodes) and any(
+        decoder_layer(n, ctx.vision_classes) is not None for n in nodes)
 
 
 def _copy_graph(graph: fx.Graph) -> fx.Graph:

@@ -10,7 +10,8 @@ def tiny_llava_onevision(seed: int = 0, layers: int = 4, hidden: int = 64, heads
     """A random-weight ``LlavaOnevisionForConditionalGeneration`` (SigLIP + Qwen2), eval mode, fp32.
 
     ``image_size / patch_size`` patches per side, pooled 2x: 4 tokens per frame at the defaults.
-    Video token id ``vocab - 2``, image token id ``vocab - 1``.
+    Video token id ``vocab - 2``, image token id ``vocab - 1``; images use one any-resolution
+    tile (``pixel_values [B, 2, 3, S, S]``: base view and tile, ``image_sizes [[S, S]]``).
     """
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, \
         SiglipVisionConfig
@@ -23,7 +24,8 @@ def tiny_llava_onevision(seed: int = 0, layers: int = 4, hidden: int = 64, heads
                        max_position_embeddings=1024)
     config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=vocab - 1,
                                   video_token_index=vocab - 2, vision_feature_layer=-1,
-                                  vision_feature_select_strategy="full")
+                                  vision_feature_select_strategy="full",
+                                  image_grid_pinpoints=[[image_size, image_size]])
     return LlavaOnevisionForConditionalGeneration(config).eval()
 
 

@@ -27,7 +27,7 @@ class InnerMergePass:
         ctx = self.ctx
         if ctx.video is None:
             return 0
-        layer_of = {node: decoder_layer(node) for node in graph.nodes}
+        layer_of = {node: decoder_layer(node, ctx.vision_classes) for node in graph.nodes}
         depth = max((layer for layer in layer_of.values() if layer is not None), default=-1) + 1
         if depth < 2:
             ctx.notes.append("inner stage skipped: fewer than two decoder layers in this graph")

@@ -28,24 +28,25 @@ def _layer_index(path: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def decoder_layer(node: fx.Node) -> int | None:
+def _in_vision_tower(node: fx.Node, path: str, vision_classes: frozenset[type]) -> bool:
+    """By path, or by module class: a graph traced from inside the vision tower (the tower compiled
+    on its own, a frame resumed after a graph break) has paths like ``L['self'].layers.3``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return bool(_VISION.search(path)) or any(
+        isinstance(entry, tuple) and entry[1] in vision_classes for entry in stack.values())
+
+
+def decoder_layer(node: fx.Node, vision_classes: frozenset[type] = frozenset()) -> int | None:
     """Index of the language-model decoder layer the node was traced in, or None."""
     path = module_path(node)
-    if not path or _VISION.search(path):
+    if not path or _in_vision_tower(node, path, vision_classes):
         return None
     return _layer_index(path)
 
 
 def vision_layer(node: fx.Node, vision_classes: frozenset[type] = frozenset()) -> int | None:
-    """Index of the vision-encoder layer the node was traced in, or None.
-
-    A graph traced from inside the vision tower (the tower compiled on its own, or a frame
-    resumed after a graph break) has paths like ``L['self'].layers.3`` that do not name it;
-    its module classes (``vision_classes``) still tell.
-    """
+    """Index of the vision-encoder layer the node was traced in, or None."""
     path = module_path(node)
-    stack = node.meta.get("nn_module_stack") or {}
-    in_tower = any(isinstance(entry, tuple) and entry[1] in vision_classes for entry in stack.values())
-    if not path or not (in_tower or _VISION.search(path)):
+    if not path or not _in_vision_tower(node, path, vision_classes):
         return None
     return _layer_index(path)

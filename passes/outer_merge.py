@@ -5,58 +5,22 @@ from __future__ import annotations
 import operator
 from dataclasses import astuple
 
-import torch
 import torch.fx as fx
 
 from holitom_fx.ops import exact_budget
 from holitom_fx.ops.stages import outer_stage
 
+from .boundary import find_video_boundary
 from .context import (SALIENCY, SALIENCY_VALID, WINDOW_END, GraphContext, RewriteError, VideoSite, mark_inserted,
                       shape_of)
 
-_SCATTER_TARGETS = ("masked_scatter", torch.Tensor.masked_scatter, torch.masked_scatter)
-_EQ_TARGETS = (operator.eq, torch.eq, "eq", "__eq__", torch.Tensor.eq)
-
-
-def _is_scatter(node: fx.Node) -> bool:
-    return node.op in ("call_method", "call_function") and node.target in _SCATTER_TARGETS
-
-
-def _compares_with(node: fx.Node, token_id: int, depth: int = 8) -> bool:
-    """Whether ``node`` derives from ``x == token_id`` within a few steps up the graph."""
-    frontier, seen = [node], set()
-    for _ in range(depth):
-        next_frontier = []
-        for current in frontier:
-            if current in seen or not isinstance(current, fx.Node):
-                continue
-            seen.add(current)
-            if current.target in _EQ_TARGETS and token_id in current.args:
-                return True
-            next_frontier.extend(current.all_input_nodes)
-        frontier = next_frontier
-    return False
-
-
-def find_video_scatter(graph: fx.Graph, token_id: int) -> fx.Node | None:
-    """The scatter whose mask marks the video placeholder tokens, or None.
-
-    Anchor: ``inputs_embeds.masked_scatter(mask, features)`` with ``mask`` derived from
-    ``input_ids == video_token_id``; image scatters (another token id) are left alone.
-    """
-    found = [n for n in graph.nodes if _is_scatter(n) and _compares_with(n.args[1], token_id)]
-    if len(found) > 1:
-        raise RewriteError(f"{len(found)} video scatters in one graph; one video per prompt is supported")
-    return found[0] if found else None
-
-
 def has_video_scatter(graph: fx.Graph, ctx: GraphContext) -> bool:
-    """Whether the graph scatters video features (the outer pass would rewrite it)."""
+    """Whether the graph places video features (the outer pass would rewrite it)."""
     if ctx.layout is None or ctx.model_config is None:
         return False
     token_id = ctx.layout.video_token_id(ctx.model_config)
     try:
-        return token_id is not None and find_video_scatter(graph, token_id) is not None
+        return token_id is not None and find_video_boundary(graph, token_id) is not None
     except RewriteError:  # more than one: the outer pass says why
         return True
 
@@ -78,7 +42,7 @@ def _add_placeholder(graph: fx.Graph, name: str) -> fx.Node:
 
 
 class OuterMergePass:
-    """Insert ``outer_stage`` right after the video scatter and reroute every use of its output."""
+    """Insert ``outer_stage`` right after the video boundary and reroute every later read of the sequence."""
 
     def __init__(self, ctx: GraphContext):
         self.ctx = ctx
@@ -89,16 +53,15 @@ class OuterMergePass:
             ctx.notes.append("no video layout record for this model")
             return 0
         token_id = ctx.layout.video_token_id(ctx.model_config)
-        scatter = find_video_scatter(graph, token_id) if token_id is not None else None
-        if scatter is None:
+        boundary = find_video_boundary(graph, token_id) if token_id is not None else None
+        if boundary is None:
             ctx.notes.append("no video tokens scattered in this graph")
             return 0
-        embeds, mask, features = scatter.args[:3]
-        batch, length, _ = shape_of(scatter)
-        feature_shape = shape_of(features)
-        if feature_shape is None or len(feature_shape) != 2 or feature_shape[0] % batch:
-            raise RewriteError(f"video features of shape {feature_shape} do not split over batch {batch}")
-        span = feature_shape[0] // batch
+        scatter, sequence, mask, features = boundary.anchor, boundary.sequence, boundary.mask, boundary.features
+        if shape_of(sequence) is None or len(shape_of(sequence)) != 3 or shape_of(features) is None:
+            raise RewriteError(f"the sequence at {scatter.name} is not [B, L, E] with static shapes")
+        length = shape_of(sequence)[1]
+        batch, span = boundary.span
         per_frame = ctx.layout.tokens_per_frame(ctx.model_config)
         pass_through = ctx.layout.pass_through_tokens
         frames, rest = divmod(span - pass_through, per_frame)
@@ -112,7 +75,7 @@ class OuterMergePass:
 
         with graph.inserting_after(scatter):
             stage = mark_inserted(graph.call_function(
-                outer_stage, (scatter, mask, features, frames, per_frame, pass_through, astuple(ctx.config),
+                outer_stage, (sequence, mask, features, frames, per_frame, pass_through, astuple(ctx.config),
                               *saliency)))
         outputs = []
         previous = stage
@@ -121,7 +84,9 @@ class OuterMergePass:
                 previous = mark_inserted(graph.call_function(operator.getitem, (stage, index)))
             outputs.append(previous)
         spliced = outputs[0]
-        scatter.replace_all_uses_with(spliced, delete_user_cb=lambda user: user is not stage)
+        order = {node: index for index, node in enumerate(graph.nodes)}
+        sequence.replace_all_uses_with(spliced, delete_user_cb=lambda user: user is not stage and (
+            not boundary.in_place or order[user] > order[scatter]))
         # The segments leave the graph through a buffer the backend owns (an input mutation).
         segments_buffer = _add_placeholder(graph, WINDOW_END)
         with graph.inserting_after(previous):

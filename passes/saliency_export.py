@@ -1,9 +1,10 @@
-"""SaliencyExportPass: a graph that encodes video but does not merge it returns its saliency.
+"""SaliencyExportPass: an encoder-only graph returns its saliency as one more output.
 
 Under ``generate()`` the video is encoded in its own graph before the prefill (TRACING_NOTES),
 and a graph break can split encoder and merge in a plain call too. The saliency computed
 there leaves through one more graph output, which the backend strips and feeds to the next
-merged prefill.
+merged prefill. A graph that also runs the language model consumes or drops its own saliency
+(an image, or a video it merges itself), so it exports nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from .context import GraphContext
+from .module_stack import decoder_layer
 
 
 class SaliencyExportPass:
@@ -21,6 +23,9 @@ class SaliencyExportPass:
         ctx = self.ctx
         unused = [node for node in ctx.saliency_candidates if not node.users]
         if ctx.video is not None or not unused:
+            return 0
+        if any(decoder_layer(node, ctx.vision_classes) is not None for node in graph.nodes):
+            ctx.notes.append("saliency not exported: this graph runs the language model too")
             return 0
         if len(unused) != 1:
             ctx.notes.append(f"saliency not exported: {len(unused)} encoder calls in one vision graph")

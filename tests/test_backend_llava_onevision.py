@@ -9,6 +9,7 @@ import torch
 import torch._dynamo
 from hypothesis import given, settings, strategies as st
 
+import holitom_fx
 from holitom_fx import HoliTomBackend, HoliTomConfig
 from holitom_fx.tiny import synthetic_clip, tiny_llava_onevision, video_prompt
 
@@ -191,7 +192,24 @@ def test_text_only_call_is_untouched_and_says_so(caplog):
     with caplog.at_level(logging.INFO, logger="holitom_fx"):
         logits = model(input_ids=ids).logits
     torch.testing.assert_close(logits, reference(input_ids=ids).logits, rtol=0, atol=0)
-    assert any("HoliTom did nothing" in r.message and "no video tokens" in r.message for r in caplog.records)
+    said = [r.message for r in caplog.records if "HoliTom did nothing" in r.message]
+    assert len(said) == 1 and "no video tokens" in said[0]
+    assert backend.last_report is None and backend.fallbacks == 0
+
+
+@torch.no_grad()
+def test_image_only_call_is_untouched_and_says_so(caplog):
+    reference = tiny_llava_onevision()
+    model, backend = compiled_model(MERGING, vision=True)
+    size = model.config.vision_config.image_size
+    image = dict(pixel_values=synthetic_clip(2, size)[None], image_sizes=torch.tensor([[size, size]]))
+    tokens = reference.model.get_image_features(**image).pooler_output[0].shape[0]
+    ids = torch.tensor([[1, 2] + [model.config.image_token_index] * tokens + [3, 4]])
+    with caplog.at_level(logging.INFO, logger="holitom_fx"):
+        logits = model(input_ids=ids, **image).logits
+    torch.testing.assert_close(logits, reference(input_ids=ids, **image).logits, rtol=0, atol=0)
+    said = [r.message for r in caplog.records if "HoliTom did nothing" in r.message]
+    assert len(said) == 1 and "no video tokens" in said[0]
     assert backend.last_report is None and backend.fallbacks == 0
 
 
@@ -219,14 +237,14 @@ def test_transformers_classes_and_model_are_untouched():
     classes = _class_snapshot(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     instance = {name: set(vars(m)) for name, m in model.named_modules()}
-    backend = HoliTomBackend(MERGING, compiler="eager").bind(model)
-    model.compile(backend=backend)
+    backend = holitom_fx.compile(model, MERGING)
     greedy(model, video_inputs(model), 4)
-    assert backend.last_report is not None  # HoliTom did run
+    assert backend.last_report is not None and backend.saliency_fallbacks == 0  # HoliTom did run, vision side too
     assert _class_snapshot(model) == classes
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     changed = {name for name, m in model.named_modules() if set(vars(m)) != instance[name]}
-    assert changed <= {""} and set(vars(model)) - instance[""] <= {"_compiled_call_impl"}
+    assert changed <= {"", "model.vision_tower"}  # nn.Module.compile sets _compiled_call_impl, nothing else
+    assert all(set(vars(model.get_submodule(name))) - instance[name] <= {"_compiled_call_impl"} for name in changed)
 
 
 def _graph_count(model_factory, backend_factory, inputs_factory, runs=2):
@@ -239,6 +257,7 @@ def _graph_count(model_factory, backend_factory, inputs_factory, runs=2):
         graphs.append(gm)
         return inner(gm, example_inputs)
 
+    model.model.vision_tower.compile(backend=counting)
     model.compile(backend=counting)
     counts = []
     for _ in range(runs):
@@ -257,14 +276,19 @@ def test_no_added_graph_breaks_and_no_recompilation():
 
 
 @torch.no_grad()
-def test_inductor_generate_matches_the_reference_pipeline():
-    """The rewritten graphs through Inductor (C++ on CPU): same greedy tokens as the eager reference."""
-    model, backend = compiled_model(MERGING, compiler="inductor")
+def test_holitom_compile_through_inductor_matches_the_reference_pipeline():
+    """holitom_fx.compile, the rewritten graphs through Inductor (C++ on CPU): same logits and greedy tokens
+    as the eager reference with the vision encoder's attention as saliency."""
+    model = tiny_llava_onevision()
+    backend = holitom_fx.compile(model, MERGING)
     inputs = video_inputs(model)
-    _, expected = reference_pipeline.generate(model, inputs["input_ids"], inputs["pixel_values_videos"], MERGING,
-                                              FRAMES, 16)
-    assert greedy(model, inputs, 16) == [expected]
-    assert backend.fallbacks == 0 and backend.last_report.inner_layer == 3
+    expected_logits, expected = reference_pipeline.generate(
+        tiny_llava_onevision(), inputs["input_ids"], inputs["pixel_values_videos"], MERGING, FRAMES, 16,
+        saliency_twin=tiny_llava_onevision())
+    tokens, logits = greedy_with_first_logits(model, inputs, 16)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    assert tokens == [expected]
+    assert backend.fallbacks == 0 and backend.saliency_fallbacks == 0 and backend.last_report.inner_layer == 3
 
 
 @settings(max_examples=4)

@@ -28,7 +28,7 @@ def outer_stage(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge each row's video span of ``embeds[B, L, E]`` (already scattered) into ``M + P`` tokens.
 
-    ``features[B*V, E]`` are the scattered visual features, ``V = frames*tokens_per_frame +
+    ``features`` (``B*V`` rows of ``E``) are the scattered visual features, ``V = frames*tokens_per_frame +
     pass_through`` per row, its trailing ``pass_through`` tokens kept as they are.
     ``config_fields`` are the ``HoliTomConfig`` field values in order (graph arguments must be
     literals). Returns ``(embeds[B, L', E], source[B, L'], span_start[B], window_end[B, T])``:
@@ -40,7 +40,7 @@ def outer_stage(
     batch = embeds.shape[0]
     grid_tokens = frames * tokens_per_frame
     span = grid_tokens + pass_through
-    mask = video_mask.reshape(batch, -1)
+    mask = video_mask.reshape(batch, embeds.shape[1], -1).any(-1)  # [B, L] from [B, L], [B, L, 1] or [B, L, E]
     span_start = mask.to(torch.int32).argmax(1).long()  # first video token of each row
     per_row = features.reshape(batch, span, -1)
     per_row_saliency = saliency.reshape(batch, frames, tokens_per_frame) if saliency is not None else None

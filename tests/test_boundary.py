@@ -1,0 +1,116 @@
+"""The vision-token boundary in each placement style: found, merged, and equal to eager HoliTom."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch._dynamo
+import torch.fx as fx
+
+from holitom_fx import HoliTomConfig
+from holitom_fx.archs import VideoLayout
+from holitom_fx.ops import feature_saliency, outer_merge, splice_span
+from passes.context import GraphContext
+from passes.manager import PassManager
+
+TOKEN, OTHER, FRAMES, PER_FRAME, DIM = 9, 8, 3, 4, 8
+SPAN = FRAMES * PER_FRAME + 1  # the grid and one trailing pass-through token
+LAYOUT = VideoLayout(model_types=("toy",), tokens_per_frame=lambda config: PER_FRAME, pass_through_tokens=1)
+MODEL_CONFIG = SimpleNamespace(model_type="toy", video_token_id=TOKEN)
+CONFIG = HoliTomConfig(retain_ratio=0.5, tau=0.5, inner_layer="off")
+
+
+def masked_scatter(embeds, ids, features):
+    return embeds.masked_scatter((ids == TOKEN)[..., None], features) * 2
+
+
+def index_put(embeds, ids, features):
+    return embeds.index_put((ids == TOKEN,), features) * 2
+
+
+def set_item(embeds, ids, features):
+    embeds = embeds.clone()
+    embeds[ids == TOKEN] = features
+    return embeds * 2
+
+
+def where(embeds, ids, features):
+    mask = ids == TOKEN
+    index = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    placed = features.reshape(ids.shape[0], -1, DIM).gather(1, (index - index[:, :1])[..., None].expand(-1, -1, DIM))
+    return torch.where(mask[..., None], placed, embeds) * 2
+
+
+def image_and_video(embeds, ids, features):
+    """An image scatter (another token id, one token per row) before the video's: only the video is merged."""
+    embeds = embeds.masked_scatter((ids == OTHER)[..., None], embeds[:, 1, :])
+    return embeds.masked_scatter((ids == TOKEN)[..., None], features) * 2
+
+
+def rewrite(fn, *args):
+    """Compile ``fn`` with the HoliTom passes (no Inductor); returns (callable taking args, context)."""
+    found = {}
+
+    def backend(traced, example_inputs):
+        graph = fx.Graph()
+        graph.output(graph.graph_copy(traced.graph, {}))
+        gm = fx.GraphModule(traced, graph)  # Dynamo's own graph must stay as traced
+        ctx = GraphContext(CONFIG, LAYOUT, MODEL_CONFIG)
+        PassManager(ctx)(gm, example_inputs)
+        runtime = [ctx.runtime_input(name) for name in ctx.extra_inputs]
+        found["ctx"] = ctx
+        return lambda *inputs: gm(*inputs, *runtime)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=backend, fullgraph=True)
+    compiled(*args)
+    return compiled, found["ctx"]
+
+
+def make_inputs(before: int, seed: int):
+    """One row: ``before`` text tokens (the first an image placeholder), the video, two text tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.tensor([[OTHER] + [1] * (before - 1) + [TOKEN] * SPAN + [2, 3]])
+    embeds = torch.randn(1, ids.shape[1], DIM, generator=generator)
+    base = torch.randn(PER_FRAME, DIM, generator=generator)
+    grid = base + 0.3 * torch.randn(FRAMES, PER_FRAME, DIM, generator=generator)  # some static tokens
+    features = torch.cat([grid.reshape(-1, DIM), torch.randn(1, DIM, generator=generator)])
+    return embeds, ids, features
+
+
+def expected(embeds, ids, features, style_places_image: bool):
+    """Eager HoliTom: scatter, outer_merge of the grid (feature-norm saliency), splice, the model's math."""
+    placed = embeds.clone()
+    placed[ids == OTHER] = embeds[:, 1, :] if style_places_image else placed[ids == OTHER]
+    placed = placed.masked_scatter((ids == TOKEN)[..., None], features)
+    grid = features[:-1].reshape(FRAMES, PER_FRAME, DIM)
+    out = outer_merge(grid, feature_saliency(grid), CONFIG)
+    tokens = torch.cat([out.tokens, features[-1:]])[None]
+    source = torch.cat([out.positions, torch.tensor([SPAN - 1])])[None]
+    start = (ids == TOKEN).long().argmax(1)
+    return splice_span(placed, start, SPAN, tokens, source)[0] * 2
+
+
+@pytest.mark.parametrize("style", [masked_scatter, index_put, set_item, where, image_and_video],
+                         ids=lambda f: f.__name__)
+def test_each_placement_style_is_found_and_merged_like_eager_holitom(style):
+    embeds, ids, features = make_inputs(before=3, seed=0)
+    compiled, ctx = rewrite(style, embeds, ids, features)
+    assert ctx.video is not None and ctx.video.frames == FRAMES
+    assert ctx.video.new_length == ids.shape[1] - SPAN + round(CONFIG.retain_ratio * FRAMES * PER_FRAME) + 1
+    result = compiled(embeds, ids, features)
+    reference = expected(embeds, ids, features, style_places_image=style is image_and_video)
+    torch.testing.assert_close(result, reference, rtol=1e-5, atol=1e-5)
+
+
+def image_only(embeds, ids, features):
+    return embeds.masked_scatter((ids == OTHER)[..., None], features[:1]) * 2
+
+
+def test_a_graph_placing_only_another_token_is_left_alone():
+    embeds, ids, features = make_inputs(before=3, seed=1)
+    compiled, ctx = rewrite(image_only, embeds, ids, features)
+    assert ctx.video is None and "no video tokens scattered in this graph" in ctx.notes
+    torch.testing.assert_close(compiled(embeds, ids, features), image_only(embeds, ids, features), rtol=0, atol=0)
