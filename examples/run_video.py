@@ -111,7 +111,7 @@ def main() -> None:
     out = model.generate(**inputs, max_new_tokens=args.new_tokens, do_sample=False)
 
     print(f"\nHoliTom {config}")
-    print(f"frames: {report.frames}   segments: {report.segments[0]}")
+    print(f"frames: {report.frames}   segments: {report.segments[0]}   saliency: {report.saliency}")
     print(f"visual tokens: {report.tokens_in} -> {report.tokens_after_outer} (outer) -> "
           f"{report.tokens_after_inner} (inner, layer {report.inner_layer})")
     print(f"sequence: {report.sequence_length[0]} -> {report.sequence_length[1]} -> {report.sequence_length[2]}")
