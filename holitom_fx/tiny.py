@@ -29,11 +29,34 @@ def tiny_llava_onevision(seed: int = 0, layers: int = 4, hidden: int = 64, heads
     return LlavaOnevisionForConditionalGeneration(config).eval()
 
 
+def tiny_llava_next_video(seed: int = 0, layers: int = 4, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
+                          image_size: int = 56, patch_size: int = 14, vocab: int = 200):
+    """A random-weight ``LlavaNextVideoForConditionalGeneration`` (CLIP + Llama), eval mode, fp32.
+
+    ``image_size / patch_size`` patches per side (plus CLS, dropped), average-pooled with stride 2:
+    4 tokens per frame at the defaults, no newline. Token ids as in ``tiny_llava_onevision``.
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig, \
+        LlavaNextVideoForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=patch_size)
+    text = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                       max_position_embeddings=1024)
+    config = LlavaNextVideoConfig(vision_config=vision, text_config=text, image_token_index=vocab - 1,
+                                  video_token_index=vocab - 2, vision_feature_layer=-1,
+                                  image_grid_pinpoints=[[image_size, image_size]])
+    return LlavaNextVideoForConditionalGeneration(config).eval()
+
+
 def video_token_count(model, frames: int) -> int:
-    """Placeholder tokens one video of ``frames`` frames takes in the prompt (grid + trailing newline)."""
-    vision = model.config.vision_config
-    side = -(-(vision.image_size // vision.patch_size) // 2)
-    return frames * side * side + 1
+    """Placeholder tokens one video of ``frames`` frames takes in the prompt (grid + pass-through)."""
+    from .archs import layout_for
+
+    layout = layout_for(model.config)
+    return frames * layout.tokens_per_frame(model.config) + layout.pass_through_tokens
 
 
 def synthetic_clip(frames: int, size: int, seed: int = 0) -> torch.Tensor:

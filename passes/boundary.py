@@ -30,17 +30,17 @@ class Boundary:
     anchor: fx.Node  # the placing op; the merge goes right after it
     sequence: fx.Node  # the tensor holding the placed sequence [B, L, E] after the anchor
     mask: fx.Node  # [B, L] or [B, L, 1 or E], true at video placeholders
-    features: fx.Node  # the video features, B*V rows of E
+    features: fx.Node  # the video features, B*V rows of E (or the same values flat)
     in_place: bool  # the anchor mutated ``sequence``: only its later uses read the video
 
     @property
     def span(self) -> tuple[int, int]:
         """(batch, video tokens per row) from the static shapes."""
-        batch = shape_of(self.sequence)[0]
-        rows = math.prod(shape_of(self.features)[:-1])
-        if rows % batch:
+        batch, _, dim = shape_of(self.sequence)
+        values = math.prod(shape_of(self.features))  # features may come flat (LLaVA-NeXT-Video)
+        if values % (batch * dim):
             raise RewriteError(f"video features of shape {shape_of(self.features)} do not split over batch {batch}")
-        return batch, rows // batch
+        return batch, values // (batch * dim)
 
 
 def _call(node: fx.Node, *targets) -> bool:

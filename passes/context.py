@@ -110,6 +110,13 @@ def sdpa_inputs(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node | None, float 
     return bound["query"], bound["key"], bound.get("attn_mask"), bound.get("scale")
 
 
+def is_weight(node: fx.Node) -> bool:
+    """A lifted parameter or buffer (or a module attribute): a size equal to L there is a model
+    dimension, not the sequence."""
+    return node.op == "get_attr" or (node.op == "placeholder" and (
+        isinstance(node.meta.get("example_value"), torch.nn.Parameter) or "_buffers_" in node.name))
+
+
 def mark_inserted(node: fx.Node) -> fx.Node:
     node.meta["holitom"] = True
     return node

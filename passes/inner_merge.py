@@ -9,7 +9,8 @@ import torch.fx as fx
 from holitom_fx.ops import gather_tokens, inner_kept_count
 from holitom_fx.ops.stages import inner_stage
 
-from .context import SDPA_TARGETS, GraphContext, InnerSite, RewriteError, mark_inserted, sdpa_inputs, shape_of
+from .context import (SDPA_TARGETS, GraphContext, InnerSite, RewriteError, is_weight, mark_inserted, sdpa_inputs,
+                      shape_of)
 from .module_stack import decoder_layer
 
 class InnerMergePass:
@@ -65,7 +66,7 @@ class InnerMergePass:
             if order.get(node, -1) < order[first] or node.meta.get("holitom") or node.op == "output":
                 continue
             for arg in node.all_input_nodes:
-                if arg in replacements or order.get(arg, len(order)) >= order[first] or arg.op == "get_attr":
+                if arg in replacements or order.get(arg, len(order)) >= order[first] or is_weight(arg):
                     continue
                 shape = shape_of(arg)
                 if shape is None or traced_length not in shape[1:]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from .context import GraphContext, RewriteError, mark_inserted, shape_of
+from .context import GraphContext, RewriteError, is_weight, mark_inserted, shape_of
 
 _ROTARY_TARGETS = (torch.cos, torch.sin, "cos", "sin")
 
@@ -85,7 +85,7 @@ class SequenceLengthPass:
         original_applied = False
         for placeholder in [n for n in nodes if n.op == "placeholder"]:
             shape = shape_of(placeholder)
-            if shape is None or old not in shape or placeholder is video.scatter:
+            if shape is None or old not in shape or placeholder is video.scatter or is_weight(placeholder):
                 continue
             users = [u for u in placeholder.users if u in after_set and not u.meta.get("holitom")]
             if not users:

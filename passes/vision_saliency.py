@@ -43,6 +43,6 @@ class VisionSaliencyPass:
                 received = mark_inserted(graph.call_function(attention_received, (query, key, attn_mask, scale)))
             with graph.inserting_after(received):
                 pooled = mark_inserted(graph.call_function(
-                    pool_saliency, (received, grid.drop_leading, grid.side, grid.pooled_side)))
+                    pool_saliency, (received, grid.drop_leading, grid.side, grid.pooled_side, grid.mode)))
             ctx.saliency_candidates[pooled] = (attention, ((shape_of(query) or (None,))[0], grid.pooled_side ** 2))
         return len(by_layer[layer])

@@ -2,8 +2,8 @@
 
 The saliency is either the feature-norm fallback or the spec's: attention received in the
 vision layer feeding the projector, read from transformers' own eager attention
-(``output_attentions``) of an uncompiled model with the same weights, pooled like
-LLaVA-OneVision pools its features.
+(``output_attentions``) of an uncompiled model with the same weights, pooled by the model's
+own feature-pooling code.
 Merged ``inputs_embeds`` are computed with ``holitom_fx.ops`` and fed to the model's own
 decoder layers, called one by one; the inner merge is applied at layer K by the loop
 reference of ``reference_holitom``, from attention recomputed with transformers' own rotary
@@ -12,31 +12,34 @@ helper. Greedy decoding continues on the per-layer caches at compact positions.
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
-from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from holitom_fx import HoliTomConfig
 from holitom_fx.ops import feature_saliency, outer_merge, splice_span
 
 from . import reference_holitom as ref
 
+PASS_THROUGH = {"llava_onevision": 1, "llava_next_video": 0}  # tokens after each video's frame grid
+
 
 def vision_attention_saliency(twin, pixel_values_videos) -> torch.Tensor:
-    """``[T, N]``: attention received per patch in the last vision layer (transformers' eager
-    attention, mean over heads and queries), bilinear-pooled 2x like the features.
+    """``[T, N]``: attention received per patch in the vision layer whose output feeds the projector
+    (transformers' eager attention, mean over heads and queries), pooled by the model's own pooling
+    code (LLaVA-OneVision's ``apply_pooling``, LLaVA-NeXT-Video's ``vision_resampler``).
 
     ``twin``: an uncompiled model with the compiled one's weights; switched to eager attention."""
     twin.set_attn_implementation("eager")
+    config = twin.config
     pixels = pixel_values_videos.flatten(0, 1)
-    attention = twin.model.vision_tower(pixels, output_attentions=True).attentions[-1]  # [T, H, P, P]
+    layer = config.vision_feature_layer % (config.vision_config.num_hidden_layers + 1) - 1
+    attention = twin.model.vision_tower(pixels, output_attentions=True).attentions[layer]  # [T, H, P, P]
     received = attention.mean(dim=(1, 2))
-    side = math.isqrt(received.shape[1])
-    pooled = math.ceil(side / 2)
-    return F.interpolate(received.reshape(-1, 1, side, side), size=(pooled, pooled), mode="bilinear").flatten(1)
+    if config.vision_feature_select_strategy == "default":
+        received = received[:, 1:]  # the CLS token, as the features drop it
+    pool = getattr(twin.model, "apply_pooling", None) or twin.model.vision_resampler
+    return pool(received[..., None])[..., 0]
 
 
 def merged_embeds(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int, saliency_twin=None):
@@ -46,13 +49,13 @@ def merged_embeds(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, fra
     embeds = inner.get_input_embeddings()(input_ids)
     mask = (input_ids == model.config.video_token_index)[..., None]
     embeds = embeds.masked_scatter(mask, features)
-    per_frame = (features.shape[0] - 1) // frames
-    grid = features[:-1].reshape(frames, per_frame, -1)
+    grid_tokens = features.shape[0] - PASS_THROUGH[model.config.model_type]  # LLaVA-OneVision: one newline
+    grid = features[:grid_tokens].reshape(frames, grid_tokens // frames, -1)
     ranking = feature_saliency(grid) if saliency_twin is None else vision_attention_saliency(saliency_twin,
                                                                                              pixel_values_videos)
     out = outer_merge(grid, ranking, cfg)
-    tokens = torch.cat([out.tokens, features[-1:]])[None]
-    source = torch.cat([out.positions, torch.tensor([frames * per_frame])])[None]
+    tokens = torch.cat([out.tokens, features[grid_tokens:]])[None]
+    source = torch.cat([out.positions, torch.arange(grid_tokens, features.shape[0])])[None]
     start = mask[..., 0].long().argmax(1)
     spliced, original = splice_span(embeds, start, features.shape[0], tokens, source)
     return spliced, int(start[0]), tokens.shape[1], original

@@ -26,9 +26,10 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def compiled_model(cfg: HoliTomConfig, compiler="eager", seed=0, vision=False, **model_kwargs):
+def compiled_model(cfg: HoliTomConfig, compiler="eager", seed=0, vision=False, factory=tiny_llava_onevision,
+                   **model_kwargs):
     """A tiny model compiled with a HoliTom backend; ``vision``: its vision tower too (as holitom_fx.compile)."""
-    model = tiny_llava_onevision(seed=seed, **model_kwargs)
+    model = factory(seed=seed, **model_kwargs)
     backend = HoliTomBackend(cfg, compiler=compiler).bind(model)
     if vision:
         model.model.vision_tower.compile(backend=backend)
@@ -182,6 +183,21 @@ def test_a_new_prompt_length_is_merged_too_without_recompiling_it_twice():
     assert backend.fallbacks == 0 and backend.saliency_fallbacks == 0
     graphs = len(backend.graphs)
     assert greedy(model, longer, 16) == [expected] and len(backend.graphs) == graphs
+
+
+@torch.no_grad()
+def test_prompt_as_long_as_a_weight_dimension_still_merges():
+    """L equal to the hidden size: weights [64, 64] are not sequence-shaped inputs to narrow."""
+    model, backend = compiled_model(MERGING, vision=True)
+    hidden = model.config.text_config.hidden_size
+    before = hidden - video_prompt(model, FRAMES, [], [5, 6, 7, 8, 9]).shape[1]
+    inputs = video_inputs(model, before=tuple(range(1, before + 1)))
+    assert inputs["input_ids"].shape[1] == hidden
+    _, expected = reference_pipeline.generate(tiny_llava_onevision(), inputs["input_ids"],
+                                              inputs["pixel_values_videos"], MERGING, FRAMES, 8,
+                                              saliency_twin=tiny_llava_onevision())
+    assert greedy(model, inputs, 8) == [expected]
+    assert backend.fallbacks == 0 and backend.last_report.sequence_length[0] == hidden
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ class SaliencyGrid:
     drop_leading: int  # non-patch tokens before the patches (a CLS token)
     side: int  # patches per side
     pooled_side: int  # frame-grid tokens per side after the model's pooling
+    mode: str = "bilinear"  # how the model pools: "bilinear" resize, or "average" / "max" with a stride
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,25 @@ def _llava_onevision_saliency_grid(config: Any) -> SaliencyGrid:
                         side=side, pooled_side=math.ceil(side / 2))
 
 
+def _llava_next_video_saliency_grid(config: Any) -> SaliencyGrid:
+    """LLaVA-NeXT-Video pools features with a stride (``spatial_pool_mode``; a learned ``"conv"`` pool
+    has no saliency analogue and is read as average pooling)."""
+    side = _patch_side(config)
+    mode = config.spatial_pool_mode if config.spatial_pool_mode in ("average", "max") else "average"
+    return SaliencyGrid(drop_leading=1 if config.vision_feature_select_strategy == "default" else 0,
+                        side=side, pooled_side=side // config.spatial_pool_stride, mode=mode)
+
+
+def _strided_patch_grid(config: Any) -> int:
+    """LLaVA-NeXT-Video: patch grid pooled with ``spatial_pool_stride`` (24x24 -> 12x12)."""
+    return (_patch_side(config) // config.spatial_pool_stride) ** 2
+
+
 LAYOUTS: tuple[VideoLayout, ...] = (
     VideoLayout(model_types=("llava_onevision",), tokens_per_frame=_pooled_patch_grid, pass_through_tokens=1,
                 saliency_layer=_selected_hidden_state_layer, saliency_grid=_llava_onevision_saliency_grid),
+    VideoLayout(model_types=("llava_next_video",), tokens_per_frame=_strided_patch_grid, pass_through_tokens=0,
+                saliency_layer=_selected_hidden_state_layer, saliency_grid=_llava_next_video_saliency_grid),
 )
 
 

@@ -37,11 +37,13 @@ def attention_received(
     return scores.softmax(-1).mean(dim=(1, 2))
 
 
-def pool_saliency(saliency: torch.Tensor, drop_leading: int, side: int, pooled_side: int) -> torch.Tensor:
+def pool_saliency(saliency: torch.Tensor, drop_leading: int, side: int, pooled_side: int,
+                  mode: str = "bilinear") -> torch.Tensor:
     """Pool per-patch saliency ``[F, drop_leading + side*side]`` to the frame grid ``[F, pooled_side**2]``.
 
-    Drops the leading non-patch tokens (a CLS token), then resizes the ``side x side`` map
-    bilinearly, as LLaVA-OneVision pools its projected features (27x27 -> 14x14).
+    Drops the leading non-patch tokens (a CLS token), then pools the ``side x side`` map the way
+    the model pools its features: ``"bilinear"`` resize (LLaVA-OneVision, 27x27 -> 14x14),
+    ``"average"`` or ``"max"`` pooling with stride ``side // pooled_side`` (LLaVA-NeXT-Video).
     """
     patches = saliency[:, drop_leading:]
     if patches.shape[1] != side * side:
@@ -50,7 +52,11 @@ def pool_saliency(saliency: torch.Tensor, drop_leading: int, side: int, pooled_s
     if pooled_side == side:
         return patches
     grid = patches.reshape(-1, 1, side, side)
-    return F.interpolate(grid, size=(pooled_side, pooled_side), mode="bilinear").flatten(1)
+    if mode == "bilinear":
+        return F.interpolate(grid, size=(pooled_side, pooled_side), mode="bilinear").flatten(1)
+    stride = side // pooled_side
+    pool = F.avg_pool2d if mode == "average" else F.max_pool2d
+    return pool(grid, kernel_size=stride, stride=stride).flatten(1)
 
 
 def feature_saliency(grid: torch.Tensor) -> torch.Tensor:

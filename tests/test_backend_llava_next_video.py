@@ -1,0 +1,64 @@
+"""holitom_backend on an unmodified tiny LLaVA-NeXT-Video (CLIP with a CLS token, stride-2 average
+pooling, no newline, Llama): the same checks as LLaVA-OneVision, from its layout record alone."""
+
+from __future__ import annotations
+
+import torch
+import torch._dynamo
+
+from holitom_fx import HoliTomConfig
+from holitom_fx.tiny import tiny_llava_next_video
+
+from . import reference_pipeline
+from .test_backend_llava_onevision import (FRAMES, IDENTITY, MERGING, compiled_model, fresh_dynamo, greedy,  # noqa: F401
+                                           greedy_with_first_logits, video_inputs)
+
+
+@torch.no_grad()
+def test_identity_at_full_retain_without_inner_stage():
+    reference = tiny_llava_next_video()
+    model, backend = compiled_model(IDENTITY, vision=True, factory=tiny_llava_next_video)
+    inputs = video_inputs(model)
+    torch.testing.assert_close(model(**inputs).logits, reference(**inputs).logits, rtol=0, atol=0)
+    assert greedy(model, inputs, 8) == greedy(reference, inputs, 8)
+    report = backend.last_report
+    assert report.tokens_in == report.tokens_after_outer == report.tokens_after_inner == FRAMES * 4
+
+
+@torch.no_grad()
+def test_generate_matches_the_eager_reference_pipeline_with_vision_saliency():
+    model, backend = compiled_model(MERGING, vision=True, factory=tiny_llava_next_video)
+    inputs = video_inputs(model)
+    ids, pixels = inputs["input_ids"], inputs["pixel_values_videos"]
+    expected_logits, expected = reference_pipeline.generate(
+        tiny_llava_next_video(), ids, pixels, MERGING, FRAMES, 16, saliency_twin=tiny_llava_next_video())
+    norm_logits, _ = reference_pipeline.generate(tiny_llava_next_video(), ids, pixels, MERGING, FRAMES, 1)
+    assert not torch.allclose(expected_logits, norm_logits, atol=1e-3)  # the saliency decides the merge here
+    tokens, logits = greedy_with_first_logits(model, inputs, 16)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    assert tokens == [expected]
+    report = backend.last_report
+    assert (report.tokens_in, report.tokens_after_outer) == (FRAMES * 4, round(MERGING.retain_ratio * FRAMES * 4))
+    assert report.inner_layer == 3 and report.saliency == "vision attention (encoder graph)"
+    assert backend.fallbacks == 0 and backend.saliency_fallbacks == 0
+
+
+@torch.no_grad()
+def test_batch_of_two_with_left_padding_equals_each_row_alone():
+    cfg = HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off")
+    model, _ = compiled_model(cfg, vision=True, factory=tiny_llava_next_video)
+    short = video_inputs(model, before=(1, 2, 3), seed=0)
+    long = video_inputs(model, before=(1, 2, 3, 4, 5), seed=1)
+    pad = long["input_ids"].shape[1] - short["input_ids"].shape[1]
+    ids = torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.long), short["input_ids"]], 1), long["input_ids"]])
+    mask = torch.ones_like(ids)
+    mask[0, :pad] = 0
+    batch = dict(input_ids=ids, attention_mask=mask,
+                 pixel_values_videos=torch.cat([short["pixel_values_videos"], long["pixel_values_videos"]]))
+    together = greedy(model, batch, 8)
+    alone = []
+    for inputs in (short, long):
+        torch._dynamo.reset()
+        single, _ = compiled_model(cfg, vision=True, factory=tiny_llava_next_video)
+        alone += greedy(single, inputs, 8)
+    assert together == alone
