@@ -200,30 +200,26 @@ def test_prompt_as_long_as_a_weight_dimension_still_merges():
     assert backend.fallbacks == 0 and backend.last_report.sequence_length[0] == hidden
 
 
-@torch.no_grad()
-def test_text_only_call_is_untouched_and_says_so(caplog):
-    reference = tiny_llava_onevision()
-    model, backend = compiled_model(MERGING)
-    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7]])
-    with caplog.at_level(logging.INFO, logger="holitom_fx"):
-        logits = model(input_ids=ids).logits
-    torch.testing.assert_close(logits, reference(input_ids=ids).logits, rtol=0, atol=0)
-    said = [r.message for r in caplog.records if "HoliTom did nothing" in r.message]
-    assert len(said) == 1 and "no video tokens" in said[0]
-    assert backend.last_report is None and backend.fallbacks == 0
+def text_only(model, reference):
+    return dict(input_ids=torch.tensor([[1, 2, 3, 4, 5, 6, 7]]))
 
 
-@torch.no_grad()
-def test_image_only_call_is_untouched_and_says_so(caplog):
-    reference = tiny_llava_onevision()
-    model, backend = compiled_model(MERGING, vision=True)
+def image_only(model, reference):
     size = model.config.vision_config.image_size
     image = dict(pixel_values=synthetic_clip(2, size)[None], image_sizes=torch.tensor([[size, size]]))
     tokens = reference.model.get_image_features(**image).pooler_output[0].shape[0]
-    ids = torch.tensor([[1, 2] + [model.config.image_token_index] * tokens + [3, 4]])
+    return dict(input_ids=torch.tensor([[1, 2] + [model.config.image_token_index] * tokens + [3, 4]]), **image)
+
+
+@pytest.mark.parametrize("make_inputs", [text_only, image_only], ids=["text", "image"])
+@torch.no_grad()
+def test_call_without_video_is_untouched_and_says_so_once(caplog, make_inputs):
+    reference = tiny_llava_onevision()
+    model, backend = compiled_model(MERGING, vision=True)
+    inputs = make_inputs(model, reference)
     with caplog.at_level(logging.INFO, logger="holitom_fx"):
-        logits = model(input_ids=ids, **image).logits
-    torch.testing.assert_close(logits, reference(input_ids=ids, **image).logits, rtol=0, atol=0)
+        logits = model(**inputs).logits
+    torch.testing.assert_close(logits, reference(**inputs).logits, rtol=0, atol=0)
     said = [r.message for r in caplog.records if "HoliTom did nothing" in r.message]
     assert len(said) == 1 and "no video tokens" in said[0]
     assert backend.last_report is None and backend.fallbacks == 0
