@@ -1,4 +1,12 @@
-"""Eager vs compiled HoliTom ops: outer + inner merge at 32 frames x 196 tokens x 3584 dims.
+"""Eager vs compiled HoliTom ops: outer + inner merge at 32 frames x 196 tokens x 3584 dims, and the saliency.
+
+Two parts, each eager and compiled:
+
+* ``merge``: outer merge, then the inner merge on a prefill-sized hidden state built from its output.
+* ``saliency``: the attention each patch receives in the vision encoder layer feeding the projector,
+  recomputed from that layer's q/k and pooled to the frame grid (``ops.attention_received`` +
+  ``ops.pool_saliency``, what the passes insert into the vision graph), at SigLIP-so400m's shape:
+  32 frames x 16 heads x 729 patches (27x27) x 72, pooled to 14x14.
 
 Prints a table of medians (and writes JSON + a PNG bar chart under ``--out``).
 CPU: fp32. On a GPU, bf16 by default. Ratios are measured side by side in one run,
@@ -6,6 +14,7 @@ the two variants alternating, so machine noise hits both alike.
 
     python benchmarks/bench_ops.py                 # the issue's size
     python benchmarks/bench_ops.py --frames 8 --repeats 3   # a quick look
+    python benchmarks/bench_ops.py --device cuda   # on a GPU (bf16)
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import statistics
 import time
 from pathlib import Path
@@ -20,7 +30,7 @@ from pathlib import Path
 import torch
 
 from holitom_fx import HoliTomConfig
-from holitom_fx.ops import inner_merge, outer_merge
+from holitom_fx.ops import attention_received, inner_merge, outer_merge, pool_saliency
 
 log = logging.getLogger("bench_ops")
 
@@ -47,6 +57,17 @@ def holitom_step(features, saliency, config, text_tokens: int):
     return merged, keep
 
 
+def saliency_step(query, key, attn_mask, scale, drop_leading: int, side: int, pooled_side: int):
+    """Vision saliency as the passes insert it: attention received from the encoder's q/k, pooled to the grid."""
+    return pool_saliency(attention_received(query, key, attn_mask, scale), drop_leading, side, pooled_side)
+
+
+def vision_qk(frames: int, heads: int, patches: int, head_dim: int, device: torch.device, dtype: torch.dtype):
+    generator = torch.Generator().manual_seed(1)
+    return tuple(torch.randn(frames, heads, patches, head_dim, generator=generator).to(device, dtype)
+                 for _ in range(2))
+
+
 def timed(fn, sync) -> float:
     sync()
     start = time.perf_counter()
@@ -60,40 +81,66 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=196)
     parser.add_argument("--dim", type=int, default=3584)
+    parser.add_argument("--vision-heads", type=int, default=16)
+    parser.add_argument("--vision-patches", type=int, default=729, help="patches per frame, a square (27x27)")
+    parser.add_argument("--vision-head-dim", type=int, default=72)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: fp32 CPU, bf16 GPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: torch's); 1 on a machine whose cores other work shares")
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:  # before compiling: Inductor's C++ kernels take their OpenMP thread count from it
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     config = HoliTomConfig()
     features, saliency = synthetic_video(args.frames, args.tokens, args.dim, device, dtype)
-    variants = {"eager": holitom_step, "compiled": torch.compile(holitom_step, fullgraph=True)}
+    side = math.isqrt(args.vision_patches)
+    query, key = vision_qk(args.frames, args.vision_heads, args.vision_patches, args.vision_head_dim, device, dtype)
+    calls = {
+        "merge": (holitom_step, (features, saliency, config, 14)),
+        "saliency": (saliency_step, (query, key, None, args.vision_head_dim ** -0.5, 0, side, (side + 1) // 2)),
+    }
+    variants = {}
+    for part, (fn, inputs) in calls.items():
+        variants[f"{part}/eager"] = (fn, inputs)
+        variants[f"{part}/compiled"] = (torch.compile(fn, fullgraph=True), inputs)
 
-    compile_s = timed(lambda: variants["compiled"](features, saliency, config, 14), sync)
-    log.info("compile + first call: %.1f s", compile_s)
-    variants["eager"](features, saliency, config, 14)  # warm-up
+    compile_s = {}
+    for name, (fn, inputs) in variants.items():  # compile (the compiled ones) and warm up
+        compile_s[name] = timed(lambda: fn(*inputs), sync)
+        if name.endswith("compiled"):
+            log.info("%s: compile + first call %.1f s", name, compile_s[name])
     samples = {name: [] for name in variants}
     for _ in range(args.repeats):
-        for name, fn in variants.items():  # alternate, side by side
-            samples[name].append(timed(lambda: fn(features, saliency, config, 14), sync))
+        for name, (fn, inputs) in variants.items():  # alternate, side by side
+            samples[name].append(timed(lambda: fn(*inputs), sync))
     medians = {name: statistics.median(values) * 1e3 for name, values in samples.items()}
 
-    header = f"{'variant':<10} {'median ms':>10} {'min ms':>8} {'speed-up':>9}"
-    print(f"HoliTom ops, {args.frames}x{args.tokens}x{args.dim} {str(dtype).removeprefix('torch.')} on "
-          f"{device.type} ({torch.get_num_threads()} threads), {args.repeats} runs, torch {torch.__version__}")
+    header = f"{'part':<9} {'variant':<10} {'median ms':>10} {'min ms':>8} {'speed-up':>9}"
+    print(f"HoliTom ops, merge {args.frames}x{args.tokens}x{args.dim}, saliency {args.frames}x{args.vision_heads}x"
+          f"{args.vision_patches}x{args.vision_head_dim}, {str(dtype).removeprefix('torch.')} on {device.type} "
+          f"({torch.get_num_threads()} threads), {args.repeats} runs, torch {torch.__version__}")
     print(header)
     print("-" * len(header))
     for name, values in samples.items():
-        print(f"{name:<10} {medians[name]:>10.1f} {min(values) * 1e3:>8.1f} {medians['eager'] / medians[name]:>8.2f}x")
+        part, variant = name.split("/")
+        print(f"{part:<9} {variant:<10} {medians[name]:>10.1f} {min(values) * 1e3:>8.1f} "
+              f"{medians[part + '/eager'] / medians[name]:>8.2f}x")
+    totals = {v: medians[f"merge/{v}"] + medians[f"saliency/{v}"] for v in ("eager", "compiled")}
+    print(f"{'total':<9} {'eager':<10} {totals['eager']:>10.1f}\n{'total':<9} {'compiled':<10} "
+          f"{totals['compiled']:>10.1f} {'':>8} {totals['eager'] / totals['compiled']:>8.2f}x")
 
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"frames": args.frames, "tokens": args.tokens, "dim": args.dim, "dtype": str(dtype),
-              "device": device.type, "repeats": args.repeats, "median_ms": medians,
+              "vision_heads": args.vision_heads, "vision_patches": args.vision_patches,
+              "vision_head_dim": args.vision_head_dim, "threads": torch.get_num_threads(),
+              "device": device.type, "repeats": args.repeats, "median_ms": medians, "total_ms": totals,
               "samples_ms": {k: [v * 1e3 for v in vs] for k, vs in samples.items()}, "compile_s": compile_s}
     (args.out / "bench_ops.json").write_text(json.dumps(record, indent=2))
     try:
@@ -104,10 +151,14 @@ def main() -> None:
     except ImportError:
         log.info("matplotlib not installed: no plot")
         return
-    fig, ax = plt.subplots(figsize=(4, 3))
-    ax.bar(list(medians), list(medians.values()), color=["#999999", "#d62728"])
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    for i, variant in enumerate(("eager", "compiled")):
+        merge, sal = medians[f"merge/{variant}"], medians[f"saliency/{variant}"]
+        ax.bar(variant, merge, color="#d62728", label="outer + inner merge" if i == 0 else None)
+        ax.bar(variant, sal, bottom=merge, color="#ff9896", label="vision saliency" if i == 0 else None)
+    ax.legend(fontsize=8, frameon=False)
     ax.set_ylabel("median ms per video")
-    ax.set_title(f"HoliTom merge {args.frames}x{args.tokens}x{args.dim}")
+    ax.set_title(f"HoliTom ops {args.frames}x{args.tokens}x{args.dim}", fontsize=10)
     fig.tight_layout()
     fig.savefig(args.out / "bench_ops.png", dpi=120)
     log.info("wrote %s", args.out / "bench_ops.png")

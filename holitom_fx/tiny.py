@@ -6,20 +6,23 @@ import torch
 
 
 def tiny_llava_onevision(seed: int = 0, layers: int = 4, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-                         image_size: int = 56, patch_size: int = 14, vocab: int = 200):
+                         image_size: int = 56, patch_size: int = 14, vocab: int = 200, vision_hidden: int = 32,
+                         vision_layers: int = 2, vision_heads: int = 2, intermediate: int | None = None):
     """A random-weight ``LlavaOnevisionForConditionalGeneration`` (SigLIP + Qwen2), eval mode, fp32.
 
     ``image_size / patch_size`` patches per side, pooled 2x: 4 tokens per frame at the defaults.
     Video token id ``vocab - 2``, image token id ``vocab - 1``; images use one any-resolution
     tile (``pixel_values [B, 2, 3, S, S]``: base view and tile, ``image_sizes [[S, S]]``).
+    The LLM's MLP width is ``intermediate`` (default ``2 * hidden``), the vision tower's ``2 * vision_hidden``.
     """
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, \
         SiglipVisionConfig
 
     torch.manual_seed(seed)
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+    vision = SiglipVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                                num_hidden_layers=vision_layers, num_attention_heads=vision_heads,
                                 image_size=image_size, patch_size=patch_size)
-    text = Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+    text = Qwen2Config(hidden_size=hidden, intermediate_size=intermediate or 2 * hidden, num_hidden_layers=layers,
                        num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
                        max_position_embeddings=1024)
     config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=vocab - 1,

@@ -1,0 +1,42 @@
+"""Smoke test of benchmarks/latency.py: a tiny model, one repeat, graphs run uncompiled; no timings asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def latency():
+    spec = importlib.util.spec_from_file_location("latency_benchmark", BENCHMARKS / "latency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = torch._dynamo.config
+    with config.patch(recompile_limit=config.recompile_limit, capture_scalar_outputs=config.capture_scalar_outputs):
+        yield module  # the benchmark raises the one and sets the other; both are put back
+    torch._dynamo.reset()
+
+
+def test_latency_benchmark_writes_its_json(latency, tmp_path):
+    record = latency.main(["--preset", "tiny", "--compiler", "eager", "--frames", "2", "--new-tokens", "2",
+                           "--repeats", "1", "--retain-ratio", "0.25", "--out", str(tmp_path)])
+    written = json.loads((tmp_path / "latency.json").read_text())
+    assert written["breakdown"].keys() == {"vanilla", "holitom"}
+    for row in written["breakdown"].values():
+        assert row.keys() == {"vision_ms", "holitom_ms", "llm_ms", "ttft_ms", "decode_tok_s"}
+        assert row["vision_ms"] + row["holitom_ms"] + row["llm_ms"] == pytest.approx(row["ttft_ms"])
+    assert {"ttft", "llm", "decode"} <= written["speedup"].keys()
+    assert written["holitom_nodes_ms"].keys() == {"compiled", "eager"}
+    holitom = written["holitom"]
+    assert holitom["tokens_in"] > holitom["tokens_after_outer"] >= holitom["tokens_after_inner"]
+    assert holitom["saliency"].startswith("vision attention")  # the compiled vision tower's saliency reached it
+    assert written["graphs"]["after_timing"] == written["graphs"]["after_warmup"]  # no recompilation while timing
+    assert written["graphs"]["holitom_fallbacks"] == 0
+    assert record["frames"] == 2 and len(written["samples"]["holitom_ttft"]) == 1
