@@ -97,6 +97,11 @@ def _vision_classes(model: torch.nn.Module, layout: VideoLayout | None) -> froze
     return frozenset(type(module) for module in tower.modules()) - elsewhere
 
 
+def _model_record(model: torch.nn.Module) -> tuple[Any, VideoLayout | None, frozenset[type]]:
+    layout = layout_for(model.config)
+    return model.config, layout, _vision_classes(model, layout)
+
+
 def _inductor(gm: fx.GraphModule, example_inputs: list) -> Callable:
     from torch._inductor.compile_fx import compile_fx
 
@@ -116,7 +121,9 @@ class HoliTomBackend:
         self.config = config or HoliTomConfig()
         self._compiler = _inductor if compiler == "inductor" else (lambda gm, _: gm.forward) if compiler == "eager" \
             else compiler
-        self._model: tuple[Any, VideoLayout | None, frozenset[type]] | None = None  # config, layout, classes
+        # (config, layout, vision classes) of the model given to bind(), or else of the last one traced
+        self._bound: tuple[Any, VideoLayout | None, frozenset[type]] | None = None
+        self._traced: tuple[Any, VideoLayout | None, frozenset[type]] | None = None
         self._position_shift: torch.Tensor | None = None
         self._vision_saliency: torch.Tensor | None = None  # left by an encoder graph for the next prefill
         self.graphs: list[GraphRecord] = []
@@ -127,22 +134,22 @@ class HoliTomBackend:
 
     def bind(self, model: torch.nn.Module) -> "HoliTomBackend":
         """Take the architecture from ``model`` (otherwise from the module Dynamo traces)."""
-        layout = layout_for(model.config)
-        self._model = (model.config, layout, _vision_classes(model, layout))
+        self._bound = _model_record(model)
         return self
 
     def __call__(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
         return self._compile(gm, example_inputs)
 
     def _context(self) -> GraphContext:
-        """The graph's context; an unbound backend binds to the first model with a layout record it traces
-        (graphs traced from inside the model after a break have no config of their own)."""
-        if self._model is None or self._model[1] is None:
+        """The graph's context. Unbound, the architecture is the traced module's; a frame Dynamo resumed
+        inside a model after a graph break (no record of its own) keeps the last model's."""
+        model = self._bound
+        if model is None:
             module = _module_from_dynamo_frame()
-            if module is not None and hasattr(module, "config") and (
-                    self._model is None or layout_for(module.config) is not None):
-                self.bind(module)
-        config, layout, classes = self._model or (None, None, frozenset())
+            if module is not None and layout_for(getattr(module, "config", None)) is not None:
+                self._traced = _model_record(module)
+            model = self._traced
+        config, layout, classes = model or (None, None, frozenset())
         return GraphContext(self.config, layout, config, vision_classes=classes)
 
     def _compile(self, gm: fx.GraphModule, example_inputs: list) -> Callable:

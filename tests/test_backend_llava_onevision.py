@@ -156,8 +156,11 @@ def test_forward_call_ranks_by_the_vision_attention_inside_its_graph():
 
 @torch.no_grad()
 def test_plain_compile_uses_the_feature_norm_fallback_and_says_so_once(caplog):
-    """model.compile(backend=...) alone: generate() encodes the video eagerly, out of the graphs' reach."""
-    model, backend = compiled_model(MERGING)
+    """model.compile(backend=...) alone, the backend not bound (it reads the traced module): generate()
+    encodes the video eagerly, out of the graphs' reach."""
+    model = tiny_llava_onevision()
+    backend = HoliTomBackend(MERGING, compiler="eager")
+    model.compile(backend=backend)
     inputs = video_inputs(model, seed=1)
     _, expected = reference_pipeline.generate(tiny_llava_onevision(), inputs["input_ids"],
                                               inputs["pixel_values_videos"], MERGING, FRAMES, 16)
