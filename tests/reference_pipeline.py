@@ -42,11 +42,17 @@ def vision_attention_saliency(twin, pixel_values_videos) -> torch.Tensor:
     return pool(received[..., None])[..., 0]
 
 
-def merged_embeds(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int, saliency_twin=None):
-    """(inputs_embeds after the outer merge, span start, span length after merging), batch 1."""
+def merged_embeds(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int, saliency_twin=None,
+                  image=None):
+    """(inputs_embeds after the outer merge, span start, span length after merging), batch 1.
+
+    ``image``: ``pixel_values`` and ``image_sizes`` of an image placed as is at its own tokens."""
     inner = model.model
     features = inner.get_video_features(pixel_values_videos=pixel_values_videos).pooler_output[0]  # [V, E]
     embeds = inner.get_input_embeddings()(input_ids)
+    if image is not None:
+        image_features = torch.cat(inner.get_image_features(**image).pooler_output)
+        embeds = embeds.masked_scatter((input_ids == model.config.image_token_index)[..., None], image_features)
     mask = (input_ids == model.config.video_token_index)[..., None]
     embeds = embeds.masked_scatter(mask, features)
     grid_tokens = features.shape[0] - PASS_THROUGH[model.config.model_type]  # LLaVA-OneVision: one newline
@@ -75,14 +81,15 @@ def last_row_attention(layer, hidden, cos, sin):
 
 @torch.no_grad()
 def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int, new_tokens: int,
-             saliency_twin=None):
+             saliency_twin=None, image=None):
     """(prefill logits of the last position [1, vocab], greedy tokens [new_tokens]).
 
     Dynamic tokens are ranked by feature norm, or with ``saliency_twin`` (an uncompiled model with
     the same weights) by the vision encoder's attention received.
     """
     lm = model.model.language_model
-    hidden, start, span, original = merged_embeds(model, input_ids, pixel_values_videos, cfg, frames, saliency_twin)
+    hidden, start, span, original = merged_embeds(model, input_ids, pixel_values_videos, cfg, frames, saliency_twin,
+                                                  image)
     length = hidden.shape[1]
     layer_k = cfg.resolve_inner_layer(len(lm.layers))
     positions = torch.arange(length)[None] if cfg.positions == "compact" else original

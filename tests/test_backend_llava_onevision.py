@@ -203,6 +203,27 @@ def test_prompt_as_long_as_a_weight_dimension_still_merges():
     assert backend.fallbacks == 0 and backend.last_report.sequence_length[0] == hidden
 
 
+@torch.no_grad()
+def test_image_and_video_in_one_prompt_merge_only_the_video():
+    """The image keeps its tokens; the video is ranked by its own encoder call's attention, in generate()
+    (encoder graphs run image first, then video) and in a forward call (both encoder calls in one graph)."""
+    model, backend = compiled_model(MERGING, vision=True)
+    reference = tiny_llava_onevision()
+    image = image_only(model, reference)
+    video = video_inputs(model)
+    ids = torch.cat([image["input_ids"], video["input_ids"]], 1)
+    inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=image["pixel_values"],
+                  image_sizes=image["image_sizes"], pixel_values_videos=video["pixel_values_videos"])
+    expected_logits, expected = reference_pipeline.generate(
+        reference, ids, video["pixel_values_videos"], MERGING, FRAMES, 16, saliency_twin=tiny_llava_onevision(),
+        image=dict(pixel_values=image["pixel_values"], image_sizes=image["image_sizes"]))
+    tokens, logits = greedy_with_first_logits(model, inputs, 16)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    assert tokens == [expected] and backend.last_report.saliency == "vision attention (encoder graph)"
+    torch.testing.assert_close(model(**inputs).logits[:, -1], expected_logits, rtol=1e-4, atol=1e-4)
+    assert backend.last_report.tokens_in == FRAMES * 4 + 1 and backend.saliency_fallbacks == 0
+
+
 def text_only(model, reference):
     return dict(input_ids=torch.tensor([[1, 2, 3, 4, 5, 6, 7]]))
 
