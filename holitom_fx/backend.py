@@ -86,7 +86,7 @@ def _module_from_dynamo_frame() -> torch.nn.Module | None:
 
 def _vision_classes(model: torch.nn.Module, layout: VideoLayout | None) -> frozenset[type]:
     """Module classes found only in the model's vision tower: they mark encoder layers in any graph."""
-    if layout is None:
+    if layout is None or not layout.vision_tower:
         return frozenset()
     try:
         tower = model.get_submodule(layout.vision_tower)
@@ -98,8 +98,9 @@ def _vision_classes(model: torch.nn.Module, layout: VideoLayout | None) -> froze
 
 
 def _model_record(model: torch.nn.Module) -> tuple[Any, VideoLayout | None, frozenset[type]]:
-    layout = layout_for(model.config)
-    return model.config, layout, _vision_classes(model, layout)
+    config = getattr(model, "config", None)
+    layout = layout_for(config)
+    return config, layout, _vision_classes(model, layout)
 
 
 def _inductor(gm: fx.GraphModule, example_inputs: list) -> Callable:
@@ -314,10 +315,11 @@ def compile(model: torch.nn.Module, config: HoliTomConfig | None = None, **compi
     torch._dynamo.config.capture_scalar_outputs = True
     backend = HoliTomBackend(config).bind(model)
     layout = layout_for(model.config)
-    if layout is not None:
+    if layout is not None and layout.vision_tower:
         model.get_submodule(layout.vision_tower).compile(backend=backend, **compile_kwargs)
     else:
-        log.info("HoliTom: no layout record for model type %r; the vision tower is not compiled and the "
-                 "saliency falls back to feature norms", getattr(model.config, "model_type", None))
+        log.info("HoliTom: no layout record names the vision tower of model type %r: it is not compiled apart "
+                 "(a forward call that encodes in its own graph still gets the attention saliency)",
+                 getattr(model.config, "model_type", None))
     model.compile(backend=backend, **compile_kwargs)
     return backend

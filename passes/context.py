@@ -50,6 +50,17 @@ class VideoSite:
         return self.frames * self.tokens_per_frame
 
 
+@dataclass(frozen=True)
+class SaliencyCandidate:
+    """Saliency computed after one encoder SDPA call: ``[frames, tokens]``, pooled to the frame grid,
+    or raw (per patch) when no record says how patches pool; the outer pass pools it then."""
+
+    anchor: fx.Node  # the encoder SDPA call it reads
+    frames: int
+    tokens: int
+    pooled: bool
+
+
 @dataclass
 class InnerSite:
     layer: int
@@ -66,8 +77,7 @@ class GraphContext:
     video: VideoSite | None = None
     inner: InnerSite | None = None
     vision_classes: frozenset[type] = frozenset()  # module classes of the model's vision tower
-    # pooled saliency node -> (the encoder SDPA it reads, its shape [frames, tokens per frame])
-    saliency_candidates: dict[fx.Node, tuple[fx.Node, tuple[int, int]]] = field(default_factory=dict)
+    saliency_candidates: dict[fx.Node, SaliencyCandidate] = field(default_factory=dict)
     saliency_in_graph: bool = False  # the merge reads saliency computed in this graph (else a runtime input)
     exported_saliency: bool = False  # the graph returns its saliency as an extra, last output
     extra_inputs: list[str] = field(default_factory=list)  # runtime inputs the backend appends

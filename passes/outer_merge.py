@@ -7,7 +7,8 @@ from dataclasses import astuple
 
 import torch.fx as fx
 
-from holitom_fx.ops import exact_budget
+from holitom_fx.archs import infer_saliency_grid
+from holitom_fx.ops import exact_budget, pool_saliency
 from holitom_fx.ops.stages import outer_stage
 
 from .boundary import find_video_boundary
@@ -50,7 +51,7 @@ class OuterMergePass:
     def __call__(self, graph: fx.Graph) -> int:
         ctx = self.ctx
         if ctx.layout is None or ctx.model_config is None:
-            ctx.notes.append("no video layout record for this model")
+            ctx.notes.append("the model's config names no video token")
             return 0
         token_id = ctx.layout.video_token_id(ctx.model_config)
         boundary = find_video_boundary(graph, token_id) if token_id is not None else None
@@ -62,11 +63,7 @@ class OuterMergePass:
             raise RewriteError(f"the sequence at {scatter.name} is not [B, L, E] with static shapes")
         length = shape_of(sequence)[1]
         batch, span = boundary.span
-        per_frame = ctx.layout.tokens_per_frame(ctx.model_config)
-        pass_through = ctx.layout.pass_through_tokens
-        frames, rest = divmod(span - pass_through, per_frame)
-        if rest or frames < 1:
-            raise RewriteError(f"{span} video tokens per row are not frames x {per_frame} + {pass_through}")
+        frames, per_frame, pass_through = self._frame_grid(features, batch, span, shape_of(sequence)[2])
         if ctx.config.budget != "exact":
             raise RewriteError("budget='reference' has a data-dependent token count; the compiled path needs "
                                "budget='exact' (use holitom_fx.ops.outer_merge eagerly for the reference)")
@@ -99,15 +96,45 @@ class OuterMergePass:
             source=outputs[1], span_start=outputs[2], window_end=outputs[3], last_inserted=previous)
         return 1
 
+    def _frame_grid(self, features: fx.Node, batch: int, span: int, dim: int) -> tuple[int, int, int]:
+        """(frames, tokens per frame, pass-through tokens) of each row's video span: from the layout
+        record, or, without one, from the per-frame features ``[B*T, N, E]`` the span was flattened from."""
+        layout = self.ctx.layout
+        if layout.tokens_per_frame is not None:
+            per_frame, pass_through = layout.tokens_per_frame(self.ctx.model_config), layout.pass_through_tokens
+            frames, rest = divmod(span - pass_through, per_frame)
+            if rest or frames < 1:
+                raise RewriteError(f"{span} video tokens per row are not frames x {per_frame} + {pass_through}")
+            return frames, per_frame, pass_through
+        frontier = [features]
+        for _ in range(8):
+            for node in frontier:
+                shape = shape_of(node)
+                if shape is not None and len(shape) == 3 and shape[2] == dim and shape[0] % batch == 0 \
+                        and shape[0] > batch and (shape[0] // batch) * shape[1] <= span:
+                    frames = shape[0] // batch
+                    return frames, shape[1], span - frames * shape[1]
+            frontier = [a for n in frontier for a in n.all_input_nodes]
+        raise RewriteError("no layout record for this model and no per-frame features [B*T, N, E] above the "
+                           f"video boundary to read the frame grid from (span of {span} tokens)")
+
     def _saliency(self, graph: fx.Graph, features: fx.Node, shape: tuple[int, int]) -> tuple[fx.Node, ...]:
         """Arguments ranking the dynamic tokens: the in-graph vision saliency of the encoder call that
-        produced ``features``; else runtime inputs the backend fills from the graph that encoded the
-        video, or marks invalid (feature-norm fallback)."""
+        produced ``features`` (pooled to the frame grid here when no record said how); else runtime
+        inputs the backend fills from the graph that encoded the video, or marks invalid (feature-norm
+        fallback)."""
         ctx = self.ctx
         upstream = _ancestors(features) if ctx.saliency_candidates else set()
-        in_graph = [n for n, (anchor, n_shape) in ctx.saliency_candidates.items() if anchor in upstream and n_shape == shape]
-        if len(in_graph) == 1:
+        in_graph = [(n, found) for n, found in ctx.saliency_candidates.items()
+                    if found.anchor in upstream and found.frames == shape[0] and (found.tokens == shape[1] or not found.pooled)]
+        grid = infer_saliency_grid(in_graph[0][1].tokens, shape[1]) if len(in_graph) == 1 else None
+        if len(in_graph) == 1 and (in_graph[0][1].pooled or grid is not None):
             ctx.saliency_in_graph = True
-            return (in_graph[0],)
+            saliency, found = in_graph[0]
+            if not found.pooled:
+                with graph.inserting_after(saliency):
+                    saliency = mark_inserted(graph.call_function(
+                        pool_saliency, (saliency, grid.drop_leading, grid.side, grid.pooled_side, grid.mode)))
+            return (saliency,)
         ctx.extra_inputs += [SALIENCY, SALIENCY_VALID]
         return _add_placeholder(graph, SALIENCY), _add_placeholder(graph, SALIENCY_VALID)

@@ -21,7 +21,7 @@ class SaliencyExportPass:
 
     def __call__(self, graph: fx.Graph) -> int:
         ctx = self.ctx
-        unused = [node for node in ctx.saliency_candidates if not node.users]
+        unused = [node for node, found in ctx.saliency_candidates.items() if found.pooled and not node.users]
         if ctx.video is not None or not unused:
             return 0
         if any(decoder_layer(node, ctx.vision_classes) is not None for node in graph.nodes):

@@ -13,7 +13,7 @@ import torch.fx as fx
 
 from holitom_fx.ops import attention_received, pool_saliency
 
-from .context import SDPA_TARGETS, GraphContext, mark_inserted, sdpa_inputs, shape_of
+from .context import SDPA_TARGETS, GraphContext, SaliencyCandidate, mark_inserted, sdpa_inputs, shape_of
 from .module_stack import vision_layer
 
 
@@ -23,7 +23,7 @@ class VisionSaliencyPass:
 
     def __call__(self, graph: fx.Graph) -> int:
         ctx = self.ctx
-        if ctx.layout is None or ctx.layout.saliency_grid is None:
+        if ctx.layout is None:
             return 0
         by_layer: dict[int, list[fx.Node]] = {}
         for node in graph.nodes:
@@ -33,16 +33,20 @@ class VisionSaliencyPass:
         if not by_layer:
             return 0
         layer = ctx.layout.saliency_layer(ctx.model_config)
+        layer = max(by_layer) if layer is None else layer  # no record: the last encoder layer here
         if layer not in by_layer:
             ctx.notes.append(f"vision layer {layer} feeding the projector has no SDPA call in this graph")
             return 0
-        grid = ctx.layout.saliency_grid(ctx.model_config)
+        grid = ctx.layout.saliency_grid(ctx.model_config) if ctx.layout.saliency_grid else None
         for attention in by_layer[layer]:
             query, key, attn_mask, scale = sdpa_inputs(attention)
+            frames, patches = (shape_of(query) or (None,) * 3)[0], (shape_of(key) or (None,) * 3)[2]
             with graph.inserting_after(attention):
-                received = mark_inserted(graph.call_function(attention_received, (query, key, attn_mask, scale)))
-            with graph.inserting_after(received):
-                pooled = mark_inserted(graph.call_function(
-                    pool_saliency, (received, grid.drop_leading, grid.side, grid.pooled_side, grid.mode)))
-            ctx.saliency_candidates[pooled] = (attention, ((shape_of(query) or (None,))[0], grid.pooled_side ** 2))
+                saliency = mark_inserted(graph.call_function(attention_received, (query, key, attn_mask, scale)))
+            if grid is not None:
+                with graph.inserting_after(saliency):
+                    saliency = mark_inserted(graph.call_function(
+                        pool_saliency, (saliency, grid.drop_leading, grid.side, grid.pooled_side, grid.mode)))
+            tokens = grid.pooled_side ** 2 if grid is not None else patches
+            ctx.saliency_candidates[saliency] = SaliencyCandidate(attention, frames, tokens, pooled=grid is not None)
         return len(by_layer[layer])

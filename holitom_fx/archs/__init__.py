@@ -5,7 +5,10 @@ which token id marks video placeholders, how many tokens one frame contributes
 after the projector and pooling, how many pass-through tokens (newline, separators)
 follow the frame grid of each video, and where the saliency comes from (the vision
 tower, the encoder layer feeding the projector, how patches pool to the frame grid).
-The passes never branch on the architecture: they read these records.
+The passes never branch on the architecture: they read these records. A model without one
+gets ``GENERIC`` when its config names a video token: the frame grid is then read off the graph
+(the per-frame features before they are flattened into the sequence) and the saliency grid off
+the encoder's patch count.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ class VideoLayout:
     """Where a video's tokens come from, for one family of models."""
 
     model_types: tuple[str, ...]
-    tokens_per_frame: Callable[[Any], int]
-    pass_through_tokens: int = 0
+    tokens_per_frame: Callable[[Any], int] | None  # None: read off the graph
+    pass_through_tokens: int | None = 0  # None: whatever follows the frame grid in the video's span
     video_token_attrs: tuple[str, ...] = ("video_token_id", "video_token_index")
-    vision_tower: str = "model.vision_tower"  # submodule path, compiled by holitom_fx.compile
-    saliency_layer: Callable[[Any], int | None] = lambda config: None  # encoder layer feeding the projector
-    saliency_grid: Callable[[Any], SaliencyGrid] | None = None
+    vision_tower: str = "model.vision_tower"  # submodule path, compiled by holitom_fx.compile ("" for none)
+    # encoder layer feeding the projector (None: the last encoder layer in the graph)
+    saliency_layer: Callable[[Any], int | None] = lambda config: None
+    saliency_grid: Callable[[Any], SaliencyGrid] | None = None  # None: inferred, see infer_saliency_grid
 
     def video_token_id(self, config: Any) -> int | None:
         for attr in self.video_token_attrs:
@@ -91,7 +95,31 @@ LAYOUTS: tuple[VideoLayout, ...] = (
 )
 
 
+#: Any other model whose config names a video token.
+GENERIC = VideoLayout(model_types=(), tokens_per_frame=None, pass_through_tokens=None, vision_tower="")
+
+
 def layout_for(config: Any) -> VideoLayout | None:
-    """The record covering ``config.model_type``, or None for an architecture without one."""
+    """The record covering ``config.model_type``; ``GENERIC`` for another model whose config names a
+    video token; None when there is no config or no video token to anchor on."""
+    if config is None:
+        return None
     model_type = getattr(config, "model_type", None)
-    return next((layout for layout in LAYOUTS if model_type in layout.model_types), None)
+    record = next((layout for layout in LAYOUTS if model_type in layout.model_types), None)
+    return record or (GENERIC if GENERIC.video_token_id(config) is not None else None)
+
+
+def infer_saliency_grid(patches: int, tokens: int) -> SaliencyGrid | None:
+    """Pooling from ``patches`` encoder tokens per frame (a square, maybe after one CLS token) to
+    ``tokens`` frame-grid tokens (a square): average pooling for an integer stride, else bilinear."""
+    for drop in (0, 1):
+        side = math.isqrt(max(patches - drop, 0))
+        if side and side * side == patches - drop:
+            break
+    else:
+        return None
+    pooled = math.isqrt(tokens)
+    if pooled * pooled != tokens or not 0 < pooled <= side:
+        return None
+    return SaliencyGrid(drop_leading=drop, side=side, pooled_side=pooled,
+                        mode="average" if side % pooled == 0 else "bilinear")
