@@ -125,8 +125,8 @@ class OuterMergePass:
         fallback)."""
         ctx = self.ctx
         upstream = _ancestors(features) if ctx.saliency_candidates else set()
-        in_graph = [(n, found) for n, found in ctx.saliency_candidates.items()
-                    if found.anchor in upstream and found.frames == shape[0] and (found.tokens == shape[1] or not found.pooled)]
+        in_graph = [(n, found) for n, found in ctx.saliency_candidates.items() if found.anchor in upstream
+                    and found.frames == shape[0] and (found.tokens == shape[1] or not found.pooled)]
         grid = infer_saliency_grid(in_graph[0][1].tokens, shape[1]) if len(in_graph) == 1 else None
         if len(in_graph) == 1 and (in_graph[0][1].pooled or grid is not None):
             ctx.saliency_in_graph = True

@@ -10,8 +10,9 @@ from holitom_fx import HoliTomConfig
 from holitom_fx.tiny import tiny_llava_next_video
 
 from . import reference_pipeline
-from .test_backend_llava_onevision import (FRAMES, IDENTITY, MERGING, compiled_model, fresh_dynamo, greedy,  # noqa: F401
+from .test_backend_llava_onevision import (FRAMES, IDENTITY, MERGING, compiled_model, greedy,  # noqa: F401
                                            greedy_with_first_logits, video_inputs)
+from .test_backend_llava_onevision import fresh_dynamo  # noqa: F401  (the autouse fixture)
 
 
 @torch.no_grad()

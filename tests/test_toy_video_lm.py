@@ -45,7 +45,8 @@ def compiled_toy(cfg):
 def vision_saliency(model, pixels):
     """Attention received per patch in the toy's last vision layer, from its own projections."""
     vision = model.vision
-    x = vision.embed(torch.nn.functional.unfold(pixels.flatten(0, 1), vision.patch, stride=vision.patch).transpose(1, 2))
+    patches = torch.nn.functional.unfold(pixels.flatten(0, 1), vision.patch, stride=vision.patch)
+    x = vision.embed(patches.transpose(1, 2))
     for layer in vision.layers[:-1]:
         x, _ = layer(x)
     q, k, _ = vision.layers[-1].attn.project(vision.layers[-1].norm1(x))
