@@ -300,7 +300,7 @@ def _copy_graph(graph: fx.Graph) -> fx.Graph:
 
 
 holitom_backend = HoliTomBackend()
-torch._dynamo.register_backend(lambda gm, inputs: holitom_backend(gm, inputs), name="holitom")
+# backend="holitom": registered through the `torch_dynamo_backends` entry point (pyproject.toml).
 
 
 def compile(model: torch.nn.Module, config: HoliTomConfig | None = None, **compile_kwargs) -> HoliTomBackend:

@@ -8,10 +8,11 @@ from dataclasses import astuple
 import torch.fx as fx
 
 from holitom_fx.archs import infer_saliency_grid
-from holitom_fx.ops import exact_budget, pool_saliency
+from holitom_fx.ops import exact_budget
 from holitom_fx.ops.stages import outer_stage
 
 from .boundary import find_video_boundary
+from .vision_saliency import insert_pooling
 from .context import (SALIENCY, SALIENCY_VALID, WINDOW_END, GraphContext, RewriteError, VideoSite, mark_inserted,
                       shape_of)
 
@@ -132,9 +133,7 @@ class OuterMergePass:
             ctx.saliency_in_graph = True
             saliency, found = in_graph[0]
             if not found.pooled:
-                with graph.inserting_after(saliency):
-                    saliency = mark_inserted(graph.call_function(
-                        pool_saliency, (saliency, grid.drop_leading, grid.side, grid.pooled_side, grid.mode)))
+                saliency = insert_pooling(graph, saliency, grid)
             return (saliency,)
         ctx.extra_inputs += [SALIENCY, SALIENCY_VALID]
         return _add_placeholder(graph, SALIENCY), _add_placeholder(graph, SALIENCY_VALID)

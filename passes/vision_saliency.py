@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import torch.fx as fx
 
+from holitom_fx.archs import SaliencyGrid
 from holitom_fx.ops import attention_received, pool_saliency
 
 from .context import SDPA_TARGETS, GraphContext, SaliencyCandidate, mark_inserted, sdpa_inputs, shape_of
 from .module_stack import vision_layer
+
+
+def insert_pooling(graph: fx.Graph, saliency: fx.Node, grid: SaliencyGrid) -> fx.Node:
+    """``ops.pool_saliency`` of a per-patch saliency node to the frame grid, right after it."""
+    with graph.inserting_after(saliency):
+        return mark_inserted(graph.call_function(
+            pool_saliency, (saliency, grid.drop_leading, grid.side, grid.pooled_side, grid.mode)))
 
 
 class VisionSaliencyPass:
@@ -44,9 +52,7 @@ class VisionSaliencyPass:
             with graph.inserting_after(attention):
                 saliency = mark_inserted(graph.call_function(attention_received, (query, key, attn_mask, scale)))
             if grid is not None:
-                with graph.inserting_after(saliency):
-                    saliency = mark_inserted(graph.call_function(
-                        pool_saliency, (saliency, grid.drop_leading, grid.side, grid.pooled_side, grid.mode)))
+                saliency = insert_pooling(graph, saliency, grid)
             tokens = grid.pooled_side ** 2 if grid is not None else patches
             ctx.saliency_candidates[saliency] = SaliencyCandidate(attention, frames, tokens, pooled=grid is not None)
         return len(by_layer[layer])
