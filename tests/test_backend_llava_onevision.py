@@ -325,6 +325,13 @@ def test_holitom_compile_through_inductor_matches_the_reference_pipeline():
     torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
     assert tokens == [expected]
     assert backend.fallbacks == 0 and backend.saliency_fallbacks == 0 and backend.last_report.inner_layer == 3
+    # A new prompt length: Dynamo's symbolic re-trace, specialized and compiled by Inductor at its first call.
+    longer = video_inputs(model, before=(1, 2, 3, 4, 5, 6), seed=1)
+    _, expected = reference_pipeline.generate(tiny_llava_onevision(), longer["input_ids"],
+                                              longer["pixel_values_videos"], MERGING, FRAMES, 16,
+                                              saliency_twin=tiny_llava_onevision())
+    assert greedy(model, longer, 16) == [expected]
+    assert backend.fallbacks == 0 and backend.last_report.sequence_length[0] == longer["input_ids"].shape[1]
 
 
 @settings(max_examples=4)
