@@ -44,11 +44,12 @@ class GraphRecord:
 class HoliTomReport:
     """The last merged prefill: visual token counts per stage, the segments, the graphs seen.
 
-    Token counts are per video span, pass-through tokens (the trailing newline) included:
-    ``tokens_in = T*N + P``, ``tokens_after_outer = round(r*T*N) + P``.
+    Token counts are per row, over its ``videos`` video spans, pass-through tokens (the trailing
+    newline) included: ``tokens_in = videos*(T*N + P)``, ``tokens_after_outer = videos*(round(r*T*N) + P)``.
     """
 
-    frames: int = 0
+    frames: int = 0  # per video
+    videos: int = 1  # video spans per row, each merged on its own
     tokens_in: int = 0
     tokens_after_outer: int = 0
     tokens_after_inner: int = 0
@@ -62,7 +63,8 @@ class HoliTomReport:
 
     @property
     def segments(self) -> list[list[tuple[int, int]]]:
-        """Per batch row, the inclusive frame windows of the last prefill (reads the device once)."""
+        """Per video (row-major: row b's video j at ``b*videos + j``), the inclusive frame windows of the
+        last prefill (reads the device once)."""
         if self.window_end is None:
             return []
         rows = []
@@ -250,7 +252,7 @@ class HoliTomBackend:
         shift_value = video.length - video.new_length if self.config.positions == "compact" else 0
         shift = self._shift_tensor(device)
         window_end = ctx.runtime_input(WINDOW_END).to(device)
-        expected_saliency = (video.batch * video.frames, video.tokens_per_frame)
+        expected_saliency = (video.batch * video.videos * video.frames, video.tokens_per_frame)
         no_saliency = ctx.runtime_input(SALIENCY).to(device), torch.zeros((), dtype=torch.bool, device=device)
         valid = torch.ones((), dtype=torch.bool, device=device)
 
@@ -270,9 +272,10 @@ class HoliTomBackend:
             out = compiled(*args, *extra)
             shift.fill_(shift_value)
             self.last_report = report = HoliTomReport(
-                frames=video.frames, tokens_in=video.tokens_in + video.pass_through,
-                tokens_after_outer=video.merged_tokens,
-                tokens_after_inner=inner.visual_tokens if inner else video.merged_tokens,
+                frames=video.frames, videos=video.videos,
+                tokens_in=video.videos * (video.tokens_in + video.pass_through),
+                tokens_after_outer=video.videos * video.merged_tokens,
+                tokens_after_inner=video.videos * (inner.visual_tokens if inner else video.merged_tokens),
                 inner_layer=inner.layer if inner else None, batch=video.batch,
                 sequence_length=(video.length, video.new_length, inner.new_length if inner else video.new_length),
                 boundary=video.scatter.format_node(), saliency=source, graphs=self.graphs, window_end=window_end)

@@ -38,15 +38,17 @@ class VideoSite:
     frames: int
     tokens_per_frame: int
     pass_through: int
-    merged_tokens: int  # M + pass-through: visual tokens per row after the outer stage
+    merged_tokens: int  # M + pass-through: tokens of one video after the outer stage
     new_length: int  # sequence length after the outer stage
     source: fx.Node  # original index each token stands for, [B, L']
-    span_start: fx.Node  # [B]
-    window_end: fx.Node  # [B, T], the segments
+    span_start: fx.Node  # [B, videos], where each merged video starts
+    window_end: fx.Node  # [B*videos, T], the segments
     last_inserted: fx.Node
+    videos: int = 1  # video spans per row, each merged on its own
 
     @property
     def tokens_in(self) -> int:
+        """Frame-grid tokens of one video."""
         return self.frames * self.tokens_per_frame
 
 
@@ -86,9 +88,9 @@ class GraphContext:
     def runtime_input(self, name: str) -> torch.Tensor:
         """A placeholder-shaped value for an extra runtime input (the backend supplies the real one)."""
         if name == WINDOW_END:
-            return torch.zeros(self.video.batch, self.video.frames, dtype=torch.long)
+            return torch.zeros(self.video.batch * self.video.videos, self.video.frames, dtype=torch.long)
         if name == SALIENCY:
-            return torch.zeros(self.video.batch * self.video.frames, self.video.tokens_per_frame)
+            return torch.zeros(self.video.batch * self.video.videos * self.video.frames, self.video.tokens_per_frame)
         if name == SALIENCY_VALID:
             return torch.zeros((), dtype=torch.bool)
         return torch.zeros((), dtype=torch.long)

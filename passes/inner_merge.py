@@ -78,6 +78,7 @@ class InnerMergePass:
             node.kwargs = fx.map_arg(node.kwargs, lambda a: replacements.get(a, a))
 
         kept_visual = inner_kept_count(span, ctx.config.inner_ratio)
-        ctx.inner = InnerSite(layer=layer, visual_tokens=kept_visual, new_length=length - span + kept_visual,
+        ctx.inner = InnerSite(layer=layer, visual_tokens=kept_visual,
+                              new_length=length - ctx.video.videos * (span - kept_visual),
                               outputs=list(replacements.values()))
         return len(replacements)

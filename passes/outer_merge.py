@@ -62,19 +62,21 @@ class OuterMergePass:
         scatter, sequence, mask, features = boundary.anchor, boundary.sequence, boundary.mask, boundary.features
         if shape_of(sequence) is None or len(shape_of(sequence)) != 3 or shape_of(features) is None:
             raise RewriteError(f"the sequence at {scatter.name} is not [B, L, E] with static shapes")
-        length = shape_of(sequence)[1]
-        batch, span = boundary.span
-        frames, per_frame, pass_through = self._frame_grid(features, batch, span, shape_of(sequence)[2])
+        length, dim = shape_of(sequence)[1:]
+        batch, row_span = boundary.span
+        videos = self._videos_per_row(features, batch, row_span, dim)
+        span = row_span // videos
+        frames, per_frame, pass_through = self._frame_grid(features, batch, span, dim)
         if ctx.config.budget != "exact":
             raise RewriteError("budget='reference' has a data-dependent token count; the compiled path needs "
                                "budget='exact' (use holitom_fx.ops.outer_merge eagerly for the reference)")
         merged = exact_budget(frames, per_frame, ctx.config.retain_ratio) + pass_through
-        saliency = self._saliency(graph, features, (batch * frames, per_frame))
+        saliency = self._saliency(graph, features, (batch * videos * frames, per_frame))
 
         with graph.inserting_after(scatter):
             stage = mark_inserted(graph.call_function(
                 outer_stage, (sequence, mask, features, frames, per_frame, pass_through, astuple(ctx.config),
-                              *saliency)))
+                              *saliency), {"videos": videos}))
         outputs = []
         previous = stage
         for index in range(4):
@@ -93,8 +95,24 @@ class OuterMergePass:
         ctx.extra_inputs.append(WINDOW_END)
         ctx.video = VideoSite(
             scatter=scatter, batch=batch, length=length, frames=frames, tokens_per_frame=per_frame,
-            pass_through=pass_through, merged_tokens=merged, new_length=length - span + merged,
-            source=outputs[1], span_start=outputs[2], window_end=outputs[3], last_inserted=previous)
+            pass_through=pass_through, merged_tokens=merged, new_length=length - videos * (span - merged),
+            source=outputs[1], span_start=outputs[2], window_end=outputs[3], last_inserted=previous, videos=videos)
+        return 1
+
+    def _videos_per_row(self, features: fx.Node, batch: int, row_span: int, dim: int) -> int:
+        """Video spans per row: the features' per-video tensor ``[B*k, V, E]`` a few steps up (a record's
+        model encodes videos as a batch). Without a record one video per row (its per-frame features
+        look the same)."""
+        if self.ctx.layout.tokens_per_frame is None:
+            return 1
+        frontier = [features]
+        for _ in range(4):
+            for node in frontier:
+                shape = shape_of(node)
+                if shape is not None and len(shape) == 3 and shape[2] == dim and shape[0] % batch == 0 \
+                        and shape[0] * shape[1] == batch * row_span:
+                    return shape[0] // batch
+            frontier = [a for n in frontier for a in n.all_input_nodes]
         return 1
 
     def _frame_grid(self, features: fx.Node, batch: int, span: int, dim: int) -> tuple[int, int, int]:

@@ -44,27 +44,35 @@ def vision_attention_saliency(twin, pixel_values_videos) -> torch.Tensor:
 
 def merged_embeds(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int, saliency_twin=None,
                   image=None):
-    """(inputs_embeds after the outer merge, span start, span length after merging), batch 1.
+    """(inputs_embeds after the outer merge, the merged videos' starts, tokens per merged video, original
+    index of each token), batch 1; each of the videos (``pixel_values_videos [videos, T, ...]``, in prompt
+    order) merged on its own.
 
     ``image``: ``pixel_values`` and ``image_sizes`` of an image placed as is at its own tokens."""
     inner = model.model
-    features = inner.get_video_features(pixel_values_videos=pixel_values_videos).pooler_output[0]  # [V, E]
+    clips = inner.get_video_features(pixel_values_videos=pixel_values_videos).pooler_output  # [videos, V, E]
     embeds = inner.get_input_embeddings()(input_ids)
     if image is not None:
         image_features = torch.cat(inner.get_image_features(**image).pooler_output)
         embeds = embeds.masked_scatter((input_ids == model.config.image_token_index)[..., None], image_features)
-    mask = (input_ids == model.config.video_token_index)[..., None]
-    embeds = embeds.masked_scatter(mask, features)
-    grid_tokens = features.shape[0] - PASS_THROUGH[model.config.model_type]  # LLaVA-OneVision: one newline
-    grid = features[:grid_tokens].reshape(frames, grid_tokens // frames, -1)
-    ranking = feature_saliency(grid) if saliency_twin is None else vision_attention_saliency(saliency_twin,
-                                                                                             pixel_values_videos)
-    out = outer_merge(grid, ranking, cfg)
-    tokens = torch.cat([out.tokens, features[grid_tokens:]])[None]
-    source = torch.cat([out.positions, torch.arange(grid_tokens, features.shape[0])])[None]
-    start = mask[..., 0].long().argmax(1)
-    spliced, original = splice_span(embeds, start, features.shape[0], tokens, source)
-    return spliced, int(start[0]), tokens.shape[1], original
+    mask = (input_ids == model.config.video_token_index)[0]
+    embeds = embeds.masked_scatter(mask[None, :, None], clips.flatten(0, 1))
+    span = clips.shape[1]
+    starts = [int(i) for i in torch.nonzero(mask).flatten() if i == 0 or not mask[i - 1]]
+    original = torch.arange(embeds.shape[1])[None]
+    for index in reversed(range(len(starts))):  # the last video first: earlier starts stay put
+        features = clips[index]
+        grid_tokens = span - PASS_THROUGH[model.config.model_type]  # LLaVA-OneVision: one newline
+        grid = features[:grid_tokens].reshape(frames, grid_tokens // frames, -1)
+        ranking = feature_saliency(grid) if saliency_twin is None else vision_attention_saliency(
+            saliency_twin, pixel_values_videos[index:index + 1])
+        out = outer_merge(grid, ranking, cfg)
+        tokens = torch.cat([out.tokens, features[grid_tokens:]])[None]
+        source = torch.cat([out.positions, torch.arange(grid_tokens, span)])[None]
+        embeds, step = splice_span(embeds, torch.tensor([starts[index]]), span, tokens, source)
+        original = original.gather(1, step)
+    merged = tokens.shape[1]
+    return embeds, [start - index * (span - merged) for index, start in enumerate(starts)], merged, original
 
 
 def last_row_attention(layer, hidden, cos, sin):
@@ -88,7 +96,7 @@ def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: 
     the same weights) by the vision encoder's attention received.
     """
     lm = model.model.language_model
-    hidden, start, span, original = merged_embeds(model, input_ids, pixel_values_videos, cfg, frames, saliency_twin,
+    hidden, starts, span, original = merged_embeds(model, input_ids, pixel_values_videos, cfg, frames, saliency_twin,
                                                   image)
     length = hidden.shape[1]
     layer_k = cfg.resolve_inner_layer(len(lm.layers))
@@ -100,9 +108,11 @@ def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: 
     for index, layer in enumerate(lm.layers):
         if index == layer_k:
             attention = last_row_attention(lm.layers[index - 1], previous_input, cos, sin)
-            hidden, keeps = ref.inner_merge_loop(hidden, attention, [start], span, cfg.inner_ratio)
-            keep = torch.tensor(keeps)
-            cos, sin = cos[:, keep[0]], sin[:, keep[0]]
+            keep = torch.arange(hidden.shape[1])
+            for start in reversed(starts):  # each video's span on its own, the last first
+                hidden, keeps = ref.inner_merge_loop(hidden, attention, [start], span, cfg.inner_ratio)
+                attention, keep = attention[:, keeps[0]], keep[keeps[0]]
+            cos, sin = cos[:, keep], sin[:, keep]
         previous_input = hidden
         hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), past_key_values=cache,
                        use_cache=True, position_ids=None)

@@ -224,6 +224,24 @@ def test_image_and_video_in_one_prompt_merge_only_the_video():
     assert backend.last_report.tokens_in == FRAMES * 4 + 1 and backend.saliency_fallbacks == 0
 
 
+@torch.no_grad()
+def test_two_videos_in_one_prompt_are_merged_each_on_its_own():
+    model, backend = compiled_model(MERGING, vision=True)
+    first, second = video_inputs(model, seed=0), video_inputs(model, before=(4,), seed=1)
+    ids = torch.cat([first["input_ids"], second["input_ids"]], 1)
+    pixels = torch.cat([first["pixel_values_videos"], second["pixel_values_videos"]])  # [videos, T, 3, S, S]
+    inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels)
+    expected_logits, expected = reference_pipeline.generate(tiny_llava_onevision(), ids, pixels, MERGING, FRAMES, 16,
+                                                            saliency_twin=tiny_llava_onevision())
+    tokens, logits = greedy_with_first_logits(model, inputs, 16)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    assert tokens == [expected]
+    report = backend.last_report
+    per_video = round(MERGING.retain_ratio * FRAMES * 4) + 1
+    assert (report.videos, report.tokens_in, report.tokens_after_outer) == (2, 2 * (FRAMES * 4 + 1), 2 * per_video)
+    assert len(report.segments) == 2 and backend.fallbacks == 0 and backend.saliency_fallbacks == 0
+
+
 def text_only(model, reference):
     return dict(input_ids=torch.tensor([[1, 2, 3, 4, 5, 6, 7]]))
 

@@ -25,39 +25,50 @@ def outer_stage(
     config_fields: tuple,
     saliency: torch.Tensor | None = None,
     saliency_valid: torch.Tensor | None = None,
+    videos: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Merge each row's video span of ``embeds[B, L, E]`` (already scattered) into ``M + P`` tokens.
+    """Merge each of the ``videos`` video spans of every row of ``embeds[B, L, E]`` (already scattered)
+    into ``M + P`` tokens, each video on its own.
 
-    ``features`` (``B*V`` rows of ``E``) are the scattered visual features, ``V = frames*tokens_per_frame +
-    pass_through`` per row, its trailing ``pass_through`` tokens kept as they are.
-    ``config_fields`` are the ``HoliTomConfig`` field values in order (graph arguments must be
-    literals). Returns ``(embeds[B, L', E], source[B, L'], span_start[B], window_end[B, T])``:
-    ``source`` is the original index each token stands for; ``window_end`` encodes the segments.
-    ``saliency[B*T, N]`` ranks dynamic tokens (vision attention received); without it, or where
-    the bool tensor ``saliency_valid`` is false, the feature-norm fallback ranks them.
+    ``features`` (``B*videos*V`` rows of ``E``, in sequence order) are the scattered visual features,
+    ``V = frames*tokens_per_frame + pass_through`` per video, its trailing ``pass_through`` tokens kept
+    as they are. ``config_fields`` are the ``HoliTomConfig`` field values in order (graph arguments must
+    be literals). Returns ``(embeds[B, L', E], source[B, L'], span_start[B, videos], window_end[B*videos, T])``:
+    ``source`` is the original index each token stands for, ``span_start`` where each merged video starts
+    in the new sequence, ``window_end`` the segments. ``saliency[B*videos*T, N]`` ranks dynamic tokens
+    (vision attention received); without it, or where the bool tensor ``saliency_valid`` is false, the
+    feature-norm fallback ranks them.
     """
     config = HoliTomConfig(*config_fields)
-    batch = embeds.shape[0]
+    batch, length = embeds.shape[:2]
     grid_tokens = frames * tokens_per_frame
     span = grid_tokens + pass_through
-    mask = video_mask.reshape(batch, embeds.shape[1], -1).any(-1)  # [B, L] from [B, L], [B, L, 1] or [B, L, E]
-    span_start = mask.to(torch.int32).argmax(1).long()  # first video token of each row
-    per_row = features.reshape(batch, span, -1)
-    per_row_saliency = saliency.reshape(batch, frames, tokens_per_frame) if saliency is not None else None
+    mask = video_mask.reshape(batch, length, -1).any(-1)  # [B, L] from [B, L], [B, L, 1] or [B, L, E]
+    first_of_each = torch.arange(videos, device=embeds.device) * span + 1  # video j starts at count j*V + 1
+    starts = (mask.long().cumsum(1)[:, :, None] == first_of_each).to(torch.int32).argmax(1).long()  # [B, videos]
+    clips = features.reshape(batch * videos, span, -1)
+    clip_saliency = saliency.reshape(batch * videos, frames, tokens_per_frame) if saliency is not None else None
     merged, merged_source, window_end = [], [], []
-    for row in range(batch):  # batch rows only: a handful, unrolled when traced
-        grid = per_row[row, :grid_tokens].reshape(frames, tokens_per_frame, -1)
-        row_saliency = feature_saliency(grid)
-        if per_row_saliency is not None:
-            row_saliency = per_row_saliency[row].float() if saliency_valid is None else torch.where(
-                saliency_valid, per_row_saliency[row].float(), row_saliency)
-        out = outer_merge(grid, row_saliency, config)
+    for clip in range(batch * videos):  # rows x videos: a handful, unrolled when traced
+        grid = clips[clip, :grid_tokens].reshape(frames, tokens_per_frame, -1)
+        ranking = feature_saliency(grid)
+        if clip_saliency is not None:
+            ranking = clip_saliency[clip].float() if saliency_valid is None else torch.where(
+                saliency_valid, clip_saliency[clip].float(), ranking)
+        out = outer_merge(grid, ranking, config)
         passed = torch.arange(grid_tokens, span, device=embeds.device)
-        merged.append(torch.cat([out.tokens, per_row[row, grid_tokens:]]))
+        merged.append(torch.cat([out.tokens, clips[clip, grid_tokens:]]))
         merged_source.append(torch.cat([out.positions, passed]))
         window_end.append(out.segmentation.window_end)
-    spliced, source = splice_span(embeds, span_start, span, torch.stack(merged), torch.stack(merged_source))
-    return spliced, source, span_start, torch.stack(window_end)
+    merged = torch.stack(merged).unflatten(0, (batch, videos))
+    merged_source = torch.stack(merged_source).unflatten(0, (batch, videos))
+    spliced, source = embeds, torch.arange(length, device=embeds.device).expand(batch, length)
+    for video in reversed(range(videos)):  # the last first: earlier spans keep their starts
+        spliced, step = splice_span(spliced, starts[:, video], span, merged[:, video], merged_source[:, video])
+        source = source.gather(1, step)
+    shrink = span - merged.shape[2]
+    new_starts = starts - torch.arange(videos, device=embeds.device) * shrink
+    return spliced, source, new_starts, torch.stack(window_end)
 
 
 def inner_stage(
@@ -70,8 +81,13 @@ def inner_stage(
     span_length: int,
     ratio: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inner merge at layer K from layer K-1's q/k: returns ``(hidden[B, L'', E], keep[B, L''])``."""
+    """Inner merge at layer K from layer K-1's q/k, on each visual span ``[span_start[b, j], +span_length)``
+    on its own: returns ``(hidden[B, L'', E], keep[B, L''])``."""
     attention = last_query_attention(query, key, attn_mask, scale)
     if attention.shape[0] != hidden.shape[0]:
         attention = attention.expand(hidden.shape[0], -1)
-    return inner_merge(hidden, attention, span_start, span_length, ratio)
+    keep = torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1)
+    for video in reversed(range(span_start.shape[1])):  # the last first: earlier spans keep their starts
+        hidden, kept = inner_merge(hidden, attention, span_start[:, video], span_length, ratio)
+        attention, keep = attention.gather(1, kept), keep.gather(1, kept)
+    return hidden, keep
