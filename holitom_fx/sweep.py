@@ -1,0 +1,655 @@
+"""Support sweep: every transformers model class that takes ``pixel_values_videos``, built tiny, run once.
+
+    python -m holitom_fx.sweep                         # every discovered class, Markdown table
+    python -m holitom_fx.sweep --only llava_onevision qwen2_vl --json
+
+For each generative class whose ``forward`` takes ``pixel_values_videos`` (found through transformers'
+auto mappings), the sweep builds a tiny random-weight instance from the class's default config (every
+sub-config shrunk generically: widths, depths, heads, vocabulary; special token ids remapped into the
+small vocabulary), builds a video prompt (pixel values in the layout the vision tower takes, the number
+of video placeholders learned from the model's own ``get_video_features``), compiles it with
+``HoliTomBackend(HoliTomConfig(retain_ratio=0.5, tau=0.8), compiler="eager").bind(model)`` and runs one
+plain ``model(**inputs)``. Status per class:
+
+* ``applied``: HoliTom merged (``backend.last_report`` set); token counts and whether the logits have
+  the shortened length;
+* ``passed through``: ran, HoliTom did nothing; the reason from the backend's graph records; the logits
+  are compared with the uncompiled model's;
+* ``failed``: an exception; re-run with a plain pass-through backend tells whether the model fails under
+  ``torch.compile`` by itself or HoliTom's code raised (``ours``);
+* ``not built``: no tiny instance or no video inputs could be made (reason given).
+
+Nothing here edits a model or transformers: configs are built from their classes' defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import inspect
+import json
+import math
+import os
+import re
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+APPLIED, PASSED, FAILED, NOT_BUILT = "applied", "passed through", "failed", "not built"
+
+#: Generative auto mappings searched besides every ``*ForConditionalGeneration`` of any mapping.
+GENERATIVE_MAPPINGS = ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES",
+                       "MODEL_FOR_VISION_2_SEQ_MAPPING_NAMES", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+                       "MODEL_FOR_VIDEO_TEXT_TO_TEXT_MAPPING_NAMES")
+
+TEXT_WIDTH, VISION_LAYERS, TEXT_LAYERS, VOCAB = 64, 2, 4, 256
+FRAMES = 4  # frames of the clip (Qwen-style towers: temporal patches x temporal_patch_size)
+SEED = 0
+
+# Generic shrink targets: attribute -> value, set on every (sub-)config that has the attribute as an int.
+_SHRINK = {
+    "hidden_size": TEXT_WIDTH, "embed_dim": TEXT_WIDTH, "out_hidden_size": TEXT_WIDTH, "d_model": TEXT_WIDTH,
+    "projection_dim": TEXT_WIDTH, "projector_hidden_size": TEXT_WIDTH, "vision_output_dim": TEXT_WIDTH,
+    "intermediate_size": 2 * TEXT_WIDTH, "encoder_ffn_dim": 2 * TEXT_WIDTH, "decoder_ffn_dim": 2 * TEXT_WIDTH,
+    "num_attention_heads": 4, "num_heads": 4, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "kv_lora_rank": 16, "q_lora_rank": 16, "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 8, "v_head_dim": 16, "qk_head_dim": 16,
+    "moe_intermediate_size": TEXT_WIDTH, "shared_expert_intermediate_size": TEXT_WIDTH,
+    "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
+    "num_experts_per_tok": 2, "moe_k": 2, "n_shared_experts": 1, "moe_num_shared_experts": 1, "n_group": 1,
+    "topk_group": 1,
+    "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16,
+    "max_position_embeddings": 2048, "max_window_layers": TEXT_LAYERS,
+}
+_LAYER_ATTRS = ("num_hidden_layers", "depth", "num_layers", "encoder_layers", "decoder_layers", "n_layers")
+
+
+@dataclass
+class SweepResult:
+    name: str
+    model_types: list[str]
+    status: str = NOT_BUILT
+    reason: str = ""
+    tokens: str = ""  # visual tokens in -> after outer -> after inner
+    sequence: str = ""  # sequence in -> after outer -> after inner
+    shortened_logits: bool | None = None  # applied: logits have the merged length
+    logits_match_eager: bool | None = None  # passed through: logits equal the uncompiled model's
+    max_abs_diff: float | None = None
+    ours: bool | None = None  # failed: HoliTom's code raised (the plain backend runs)
+    params: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class _Timeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float | None):
+    """Raise ``_Timeout`` in the main thread after ``seconds`` (SIGALRM; no budget elsewhere)."""
+    if not seconds or not hasattr(signal, "SIGALRM") or os.name != "posix":
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Timeout(f"over the {seconds:.0f} s budget")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+
+def discover() -> dict[str, list[str]]:
+    """Class name -> model types, for every generative class whose ``forward`` takes ``pixel_values_videos``."""
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    found: dict[str, list[str]] = {}
+    for attr in sorted(dir(modeling_auto)):
+        if not (attr.startswith("MODEL_") and attr.endswith("_MAPPING_NAMES")):
+            continue
+        mapping = getattr(modeling_auto, attr)
+        if not isinstance(mapping, dict):
+            continue
+        for model_type, names in mapping.items():
+            for name in [names] if isinstance(names, str) else list(names):
+                if not isinstance(name, str):
+                    continue
+                if not (name.endswith("ForConditionalGeneration") or attr in GENERATIVE_MAPPINGS):
+                    continue
+                if name in found:
+                    if model_type not in found[name]:
+                        found[name].append(model_type)
+                    continue
+                try:
+                    cls = getattr(transformers, name)
+                    parameters = inspect.signature(cls.forward).parameters
+                except Exception:  # noqa: BLE001 - a class that cannot be imported is not swept
+                    continue
+                if "pixel_values_videos" in parameters:
+                    found[name] = [model_type]
+    return dict(sorted(found.items(), key=lambda item: item[1][0]))
+
+
+def config_class(name: str, model_types: list[str]):
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    cls = getattr(transformers, name)
+    if getattr(cls, "config_class", None) is not None:
+        return cls.config_class
+    return CONFIG_MAPPING[model_types[0]]
+
+
+# ------------------------------------------------------------------------------------------- tiny configs
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shrink_rope(d: dict, head_dim: int) -> None:
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = d.get(key)
+        if not isinstance(rope, dict):
+            continue
+        targets = [rope] + [v for v in rope.values() if isinstance(v, dict)]  # per-layer-type rope dicts
+        for params in targets:
+            section = params.get("mrope_section")
+            if isinstance(section, list) and section and all(_is_int(s) for s in section):
+                half = head_dim // 2
+                scaled = [max(1, (s * half) // sum(section)) for s in section]
+                scaled[-1] += half - sum(scaled)
+                params["mrope_section"] = scaled
+            if _is_int(params.get("original_max_position_embeddings")):
+                params["original_max_position_embeddings"] = min(params["original_max_position_embeddings"], 2048)
+
+
+def _shrink(d: dict, is_vision: bool) -> None:
+    """Shrink one config dict in place (and its nested config dicts)."""
+    layers = VISION_LAYERS if is_vision else TEXT_LAYERS
+    for key, value in list(d.items()):
+        if isinstance(key, str) and isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
+            _shrink(value, is_vision=is_vision or "vision" in key or "visual" in key or "patch_size" in value)
+    for key, value in _SHRINK.items():
+        if _is_int(d.get(key)):
+            d[key] = value
+    for key in list(d):
+        if isinstance(key, str) and key.startswith("vocab_size") and _is_int(d[key]) and d[key] > VOCAB:
+            d[key] = VOCAB
+    for key in _LAYER_ATTRS:
+        if _is_int(d.get(key)) and d[key] > 0:
+            d[key] = layers
+    if _is_int(d.get("patch_size")) and _is_int(d.get("image_size")):
+        d["image_size"] = 4 * d["patch_size"]
+    if isinstance(d.get("image_size"), (list, tuple)) and _is_int(d.get("patch_size")):
+        d["image_size"] = [4 * d["patch_size"]] * len(d["image_size"])
+    for key in [k for k in d if isinstance(k, str) and k.endswith("layer_types") and isinstance(d[k], list)]:
+        types = d[key]
+        pick = [types[i * len(types) // layers] for i in range(layers)] if types else types
+        if "full_attention" in types and "full_attention" not in pick:
+            pick[-1] = "full_attention"
+        d[key] = pick
+    per_layer = d.get("per_layer_config")
+    if isinstance(per_layer, dict) and per_layer:  # keyed by layer index: the first entries on the tiny depth
+        items = sorted(per_layer.items(), key=lambda kv: int(kv[0]))
+        d["per_layer_config"] = {i: v for i, (_, v) in enumerate(items[:layers])}
+    for key in ("deepstack_visual_indexes", "intermediate_layers_indices"):
+        if isinstance(d.get(key), list):
+            d[key] = list(range(min(len(d[key]), VISION_LAYERS)))
+    if isinstance(d.get("fullatt_block_indexes"), list):
+        d["fullatt_block_indexes"] = [VISION_LAYERS - 1]
+    for key in ("vision_feature_layer",):
+        if isinstance(d.get(key), list):
+            kept = [i for i in d[key] if _is_int(i) and -VISION_LAYERS <= i < VISION_LAYERS]
+            d[key] = kept or [-1]
+        elif _is_int(d.get(key)) and not -VISION_LAYERS <= d[key] < VISION_LAYERS:
+            d[key] = -1
+    if _is_int(d.get("sliding_window")):
+        d["sliding_window"] = min(d["sliding_window"], 4096)
+    if _is_int(d.get("head_dim")):
+        _shrink_rope(d, d["head_dim"])
+    elif _is_int(d.get("hidden_size")) and _is_int(d.get("num_attention_heads")):
+        _shrink_rope(d, d["hidden_size"] // d["num_attention_heads"])
+
+
+def _token_keys(d: dict, path=()):
+    for key, value in d.items():
+        if not isinstance(key, str) or key in ("id2label", "label2id"):
+            continue
+        if isinstance(value, dict):
+            yield from _token_keys(value, path + (key,))
+        elif key.endswith(("_token_id", "_token_index", "_token_ids")) or key in ("image_token", "video_token"):
+            yield path + (key,), value
+
+
+def _remap_tokens(d: dict) -> dict[int, int]:
+    """Special token ids outside the tiny vocabulary -> ``VOCAB - 1, VOCAB - 2, ...`` (same id, same new id)."""
+    ids = []
+    for _, value in _token_keys(d):
+        for v in value if isinstance(value, list) else [value]:
+            if _is_int(v) and v >= VOCAB - 64 and v not in ids:
+                ids.append(v)
+    mapping = {old: VOCAB - 1 - i for i, old in enumerate(sorted(ids))}
+    if len(mapping) > 48:
+        raise RuntimeError(f"{len(mapping)} special token ids do not fit a {VOCAB}-token vocabulary")
+
+    def apply(node: dict) -> None:
+        for key, value in node.items():
+            if not isinstance(key, str) or key in ("id2label", "label2id"):
+                continue
+            if isinstance(value, dict):
+                apply(value)
+            elif key.endswith(("_token_id", "_token_index", "_token_ids")):
+                if _is_int(value):
+                    node[key] = mapping.get(value, value)
+                elif isinstance(value, list):
+                    node[key] = [mapping.get(v, v) if _is_int(v) else v for v in value]
+
+    apply(d)
+    return mapping
+
+
+def tiny_config(config_cls):
+    """The class's default config, every sub-config shrunk, special token ids inside the vocabulary."""
+    default = config_cls()
+    d = default.to_dict()
+    _shrink(d, is_vision=False)
+    _remap_tokens(d)
+    for key in ("transformers_version", "architectures", "_name_or_path", "auto_map"):
+        d.pop(key, None)
+    config = config_cls(**d)
+    for sub in _sub_configs(config):  # M-RoPE whose section is the modeling code's default, sized for head_dim 128
+        rope = getattr(sub, "rope_parameters", None)
+        if "mrope_section" in getattr(type(sub), "ignore_keys_at_rope_validation", ()) and isinstance(rope, dict) \
+                and "mrope_section" not in rope:
+            head_dim = getattr(sub, "head_dim", None) or sub.hidden_size // sub.num_attention_heads
+            rope["mrope_section"] = [head_dim // 8, 3 * head_dim // 16, head_dim // 2 - head_dim // 8 - 3 * head_dim // 16]
+    for attr in ("_attn_implementation",):
+        with contextlib.suppress(Exception):
+            setattr(config, attr, "sdpa")
+    return config
+
+
+def build_tiny(name: str, model_types: list[str]):
+    import transformers
+
+    cls = getattr(transformers, name)
+    config = tiny_config(config_class(name, model_types))
+    torch.manual_seed(SEED)
+    model = cls(config).eval().float()
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+def _sub_configs(config) -> list:
+    from transformers import PretrainedConfig
+
+    out, stack = [], [config]
+    while stack:
+        c = stack.pop()
+        out.append(c)
+        for value in vars(c).values():
+            if isinstance(value, PretrainedConfig):
+                stack.append(value)
+    return out
+
+
+def vision_config(config):
+    """The sub-config that describes the video/vision tower (has a patch size)."""
+    candidates = [c for c in _sub_configs(config) if c is not config and _is_int(getattr(c, "patch_size", None))]
+    by_name = [c for c in candidates if "video" in type(c).__name__.lower()]
+    by_vision = [c for c in candidates if "vision" in type(c).__name__.lower()]
+    return (by_name or by_vision or candidates or [None])[0]
+
+
+def video_token_id(config) -> int | None:
+    for c in _sub_configs(config):
+        for attr in ("video_token_id", "video_token_index"):
+            if _is_int(getattr(c, attr, None)):
+                return getattr(c, attr)
+    return None
+
+
+def _special_ids(config) -> set[int]:
+    ids = set()
+    for c in _sub_configs(config):
+        for key, value in vars(c).items():
+            if key.endswith(("_token_id", "_token_index", "_token_ids")):
+                for v in value if isinstance(value, list) else [value]:
+                    if _is_int(v):
+                        ids.add(v)
+    return ids
+
+
+def _features_count(features: Any) -> int:
+    from transformers.utils import ModelOutput
+
+    if isinstance(features, ModelOutput):
+        pooled = getattr(features, "pooler_output", None)
+        features = pooled if pooled is not None else features[0]
+    if isinstance(features, torch.Tensor):
+        return features.numel() // features.shape[-1]
+    if isinstance(features, (list, tuple)):
+        return sum(_features_count(f) for f in features)
+    raise TypeError(f"get_video_features returned {type(features).__name__}")
+
+
+def _get_video_features(model):
+    for owner in (model, getattr(model, "model", None)):
+        fn = getattr(owner, "get_video_features", None)
+        if callable(fn):
+            return fn
+    return None
+
+
+def pixel_inputs(model) -> dict[str, torch.Tensor]:
+    """``pixel_values_videos`` (and the grid the forward needs) for a ``FRAMES``-frame clip."""
+    vc = vision_config(model.config)
+    if vc is None:
+        raise RuntimeError("no vision sub-config with a patch size")
+    patch = vc.patch_size
+    channels = getattr(vc, "in_channels", None) or getattr(vc, "num_channels", None) or 3
+    temporal = getattr(vc, "temporal_patch_size", None)
+    merge = getattr(vc, "spatial_merge_size", None) or getattr(vc, "merge_size", None)
+    generator = torch.Generator().manual_seed(SEED)
+    if _is_int(temporal) and _is_int(merge):  # Qwen-VL style: flattened patches + video_grid_thw
+        t, side = max(FRAMES // temporal, 1), 4 * merge
+        pixels = torch.randn(t * side * side, channels * temporal * patch * patch, generator=generator)
+        return dict(pixel_values_videos=pixels, video_grid_thw=torch.tensor([[t, side, side]]))
+    size = getattr(vc, "image_size", None)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    if not _is_int(size):
+        size = 4 * patch
+    from .tiny import synthetic_clip
+
+    clip = synthetic_clip(FRAMES, size, SEED)
+    if channels != 3:
+        clip = clip[:, :1].repeat(1, channels, 1, 1)
+    return dict(pixel_values_videos=clip[None])
+
+
+def _image_token_id(config) -> int | None:
+    for c in _sub_configs(config):
+        for attr in ("image_token_id", "image_token_index"):
+            if _is_int(getattr(c, attr, None)):
+                return getattr(c, attr)
+    return None
+
+
+def build_inputs(model) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, str]:
+    """A prompt ``text + video placeholders + text``, the video's pixel values; the uncompiled model's logits.
+
+    The placeholder count comes from the model's ``get_video_features``. Prompt layouts are tried in order
+    until the uncompiled model runs: the video token in one span; one span per temporal patch with a text
+    token between (Qwen3-VL's timestamps); the image token instead (GLM-4.1V marks video frames with it).
+    Returns ``(inputs, eager logits, layout)``.
+    """
+    config = model.config
+    token = video_token_id(config)
+    if token is None:
+        raise RuntimeError("the config names no video token id")
+    pixels = pixel_inputs(model)
+    fn = _get_video_features(model)
+    if fn is None:
+        raise RuntimeError("no get_video_features to count the video's tokens")
+    accepted = inspect.signature(fn).parameters
+    with torch.no_grad():
+        count = _features_count(fn(**{k: v for k, v in pixels.items() if k in accepted or k == "pixel_values_videos"}))
+    specials = _special_ids(config)
+    text = [i for i in range(1, VOCAB) if i not in specials][:9]
+    forward = inspect.signature(model.forward).parameters
+    groups = int(pixels["video_grid_thw"][0, 0]) if "video_grid_thw" in pixels else 1
+    layouts = [("one span", token, 1)]
+    if groups > 1 and count % groups == 0:
+        layouts.append((f"{groups} spans, one per temporal patch", token, groups))
+    image = _image_token_id(config)
+    if image is not None and image != token:
+        layouts += [(f"image token{', ' + label if n > 1 else ''}", image, n) for label, _, n in list(layouts)]
+    errors = []
+    for label, placeholder, n in layouts:
+        span = [placeholder] * (count // n)
+        middle = sum(([text[8]] + span if i else span for i in range(n)), [])
+        ids = torch.tensor([text[:3] + middle + text[3:8]])
+        inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), **pixels)
+        if "mm_token_type_ids" in forward:
+            inputs["mm_token_type_ids"] = (ids == placeholder).long() * 2
+        inputs = {k: v for k, v in inputs.items() if k in forward}
+        try:
+            with torch.no_grad():
+                return inputs, _logits(model(**inputs)), label
+        except _Timeout:
+            raise
+        except Exception as err:  # noqa: BLE001 - next layout
+            errors.append(f"{label}: {_first_line(err)}")
+    raise RuntimeError(f"{count} video features; no prompt layout ran eagerly: " + " / ".join(errors))
+
+
+# -------------------------------------------------------------------------------------------------- runs
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    text = f"{type(err).__name__}: {lines[0] if lines else ''}"
+    if len(lines) > 1 and lines[0].rstrip().endswith(":"):  # validation errors say what on the next line
+        text += " " + lines[1].strip()
+    # Dynamo wraps a backend's exception: name the original one
+    inner = err.__cause__ or getattr(err, "inner_exception", None)
+    if inner is not None and inner is not err and type(err).__name__ == "BackendCompilerFailed":
+        text = f"BackendCompilerFailed <- {_first_line(inner)}"
+    return text[:300]
+
+
+_OURS = (os.path.dirname(os.path.abspath(__file__)), os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "passes"))
+
+
+def raised_in_holitom(err: BaseException) -> bool:
+    """Whether the innermost frames of ``err`` (or its cause) lie in holitom_fx or passes (not this module)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        for frame in traceback.extract_tb(err.__traceback__):
+            path = os.path.abspath(frame.filename)
+            if path.startswith(_OURS) and not path.endswith("sweep.py"):
+                return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _traceback_head(err: BaseException, lines: int = 6) -> list[str]:
+    frames = traceback.extract_tb(err.__traceback__)[-lines:]
+    return [f"{os.path.relpath(f.filename) if 'site-packages' not in f.filename else f.filename.split('site-packages/')[-1]}"
+            f":{f.lineno} {f.name}" for f in frames]
+
+
+def _logits(out) -> torch.Tensor | None:
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        logits = out[0]
+    return logits
+
+
+def _compiled_run(model, inputs, backend):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model.compile(backend=backend)
+    try:
+        with torch.no_grad():
+            return model(**inputs)
+    finally:
+        model._compiled_call_impl = None  # the model back to eager for what follows
+
+
+def sweep_one(name: str, model_types: list[str], build_budget: float = 60, run_budget: float = 300,
+              config=None) -> SweepResult:
+    """Build ``name`` tiny, run it once under HoliTom, classify."""
+    import torch._dynamo
+
+    from . import HoliTomBackend, HoliTomConfig
+
+    result = SweepResult(name=name, model_types=list(model_types))
+    start = time.perf_counter()
+    torch._dynamo.reset()
+    torch._dynamo.config.capture_scalar_outputs = True
+    try:
+        try:
+            with time_budget(build_budget):
+                model = build_tiny(name, model_types)
+        except BaseException as err:  # noqa: BLE001
+            if isinstance(err, KeyboardInterrupt):
+                raise
+            result.reason = f"cannot be built tiny: {_first_line(err)}"
+            return result
+        result.params = sum(p.numel() for p in model.parameters())
+        if result.params > 40_000_000:
+            result.reason = f"cannot be built tiny: {result.params / 1e6:.0f} M parameters after shrinking"
+            return result
+        try:
+            with time_budget(build_budget):
+                inputs, eager, layout = build_inputs(model)
+        except BaseException as err:  # noqa: BLE001
+            if isinstance(err, KeyboardInterrupt):
+                raise
+            result.reason = f"failed to build inputs: {_first_line(err)}"
+            return result
+
+        backend = HoliTomBackend(config or HoliTomConfig(retain_ratio=0.5, tau=0.8), compiler="eager").bind(model)
+        try:
+            with time_budget(run_budget):
+                out = _compiled_run(model, inputs, backend)
+        except BaseException as err:  # noqa: BLE001
+            if isinstance(err, KeyboardInterrupt):
+                raise
+            result.status = FAILED
+            result.reason = _first_line(err)
+            result.notes = _traceback_head(err)
+            ours = raised_in_holitom(err)
+            try:
+                with time_budget(run_budget):
+                    _compiled_run(model, inputs, lambda gm, _: gm.forward)
+                plain = "the plain backend runs"
+                ours = True
+            except BaseException as plain_err:  # noqa: BLE001
+                if isinstance(plain_err, KeyboardInterrupt):
+                    raise
+                plain = f"fails with the plain backend too: {_first_line(plain_err)}"
+            result.ours = ours
+            result.reason += f" ({plain})"
+            return result
+
+        logits = _logits(out)
+        report = backend.last_report
+        if report is not None:
+            result.status = APPLIED
+            result.tokens = f"{report.tokens_in} -> {report.tokens_after_outer} -> {report.tokens_after_inner}"
+            result.sequence = " -> ".join(str(n) for n in report.sequence_length)
+            result.shortened_logits = logits is not None and logits.shape[1] == report.sequence_length[2] \
+                < report.sequence_length[0]
+            boundary = re.search(r"target=([\w.<>]+)", report.boundary or "")
+            result.reason = f"boundary {boundary.group(1) if boundary else report.boundary}; saliency: {report.saliency}; inner layer {report.inner_layer}"
+        else:
+            result.status = PASSED
+            reasons = []
+            for record in backend.graphs:
+                for text in ([f"fallback: {record.fallback}"] if record.fallback else []) + list(record.notes):
+                    if text not in reasons:
+                        reasons.append(text)
+            result.reason = "; ".join(reasons) or "no reason recorded by the backend"
+            if layout != "one span":
+                result.reason += f" (prompt: {layout})"
+            if logits is not None and eager is not None and logits.shape == eager.shape:
+                diff = (logits - eager).abs().max().item()
+                result.max_abs_diff = diff
+                result.logits_match_eager = bool(torch.allclose(logits, eager, rtol=0, atol=1e-5))
+            else:
+                result.logits_match_eager = False
+        result.notes = [f"prompt: {layout}"] + [f"graph {i}: {r.nodes} nodes, rewrites {r.rewrites}" + (f", fallback: {r.fallback}"
+                                                                               if r.fallback else "")
+                        for i, r in enumerate(backend.graphs)]
+        return result
+    finally:
+        result.seconds = round(time.perf_counter() - start, 1)
+        torch._dynamo.reset()
+
+
+def sweep(names: list[str] | None = None, progress=None, **kwargs) -> list[SweepResult]:
+    classes = discover()
+    if names:
+        wanted = set(names)
+        classes = {k: v for k, v in classes.items() if k in wanted or wanted & set(v)}
+    results = []
+    for name, model_types in classes.items():
+        results.append(sweep_one(name, model_types, **kwargs))
+        if progress:
+            progress(results[-1])
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+def markdown(results: list[SweepResult]) -> str:
+    import transformers
+
+    lines = [f"transformers {transformers.__version__}, torch {torch.__version__}, "
+             f"{datetime.date.today().isoformat()}; `HoliTomConfig(retain_ratio=0.5, tau=0.8)`, one plain "
+             f"`model(**inputs)` call under `model.compile(backend=HoliTomBackend(...).bind(model))`.", "",
+             "| class | model type | status | visual tokens (in -> outer -> inner) | sequence | reason / notes | s |",
+             "|---|---|---|---|---|---|---:|"]
+    for r in results:
+        reason = r.reason.replace("|", "\\|")
+        if r.status == APPLIED:
+            reason += f"; logits shortened: {'yes' if r.shortened_logits else 'NO'}"
+        elif r.status == PASSED:
+            reason += f"; logits == eager: {'yes' if r.logits_match_eager else 'NO'}"
+        elif r.status == FAILED:
+            reason += "; raised in HoliTom" if r.ours else "; the model's own failure under torch.compile"
+        lines.append(f"| `{r.name}` | {', '.join(r.model_types)} | {r.status} | {r.tokens} | {r.sequence} | "
+                     f"{reason} | {r.seconds} |")
+    counts = {s: sum(r.status == s for r in results) for s in (APPLIED, PASSED, FAILED, NOT_BUILT)}
+    lines += ["", ", ".join(f"{s}: {n}" for s, n in counts.items()) + f" (of {len(results)})"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", help="class names or model types (default: every discovered class)")
+    parser.add_argument("--json", action="store_true", help="JSON list of results instead of the Markdown table")
+    parser.add_argument("--json-out", help="also write the JSON list of results to this file")
+    parser.add_argument("--list", action="store_true", help="only list the discovered classes")
+    parser.add_argument("--run-budget", type=float, default=300, help="seconds per class for compile + run")
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.getLogger("holitom_fx").setLevel(logging.ERROR)
+    if args.list:
+        for name, types in discover().items():
+            print(name, ", ".join(types))
+        return 0
+    start = time.perf_counter()
+    results = sweep(args.only, run_budget=args.run_budget,
+                    progress=lambda r: print(f"[{r.seconds:6.1f} s] {r.name}: {r.status}: {r.reason[:160]}",
+                                             file=sys.stderr, flush=True))
+    print(json.dumps([asdict(r) for r in results], indent=1) if args.json else markdown(results))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump([asdict(r) for r in results], f, indent=1)
+    print(f"sweep took {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
