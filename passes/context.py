@@ -58,6 +58,7 @@ class SaliencyCandidate:
     or raw (per patch) when no record says how patches pool; the outer pass pools it then."""
 
     anchor: fx.Node  # the encoder SDPA call it reads
+    layer: int  # the encoder layer of that call
     frames: int
     tokens: int
     pooled: bool

@@ -8,7 +8,7 @@ import torch.fx as fx
 
 # `...language_model.layers.3.self_attn`, `...visual.blocks.3.attn` or `..._modules['layers']._modules['3']...`
 _LAYER = re.compile(r"(?:layers|blocks)(?:\.|'\]\._modules\[')(\d+)")
-_VISION = re.compile(r"vision|visual|image_encoder", re.IGNORECASE)
+_VISION = re.compile(r"vision|visual|image_encoder|_tower", re.IGNORECASE)  # video_tower, image_tower
 
 
 def module_path(node: fx.Node) -> str:

@@ -146,12 +146,13 @@ class OuterMergePass:
         upstream = _ancestors(features) if ctx.saliency_candidates else set()
         in_graph = [(n, found) for n, found in ctx.saliency_candidates.items() if found.anchor in upstream
                     and found.frames == shape[0] and (found.tokens == shape[1] or not found.pooled)]
-        grid = infer_saliency_grid(in_graph[0][1].tokens, shape[1]) if len(in_graph) == 1 else None
-        if len(in_graph) == 1 and (in_graph[0][1].pooled or grid is not None):
+        last_layer = max((found.layer for _, found in in_graph), default=None)
+        in_graph = [(n, found) for n, found in in_graph if found.layer == last_layer]  # the layer feeding them
+        ready = len(in_graph) == 1 and in_graph[0][1].tokens == shape[1]  # pooled, or the model does not pool
+        grid = infer_saliency_grid(in_graph[0][1].tokens, shape[1]) if len(in_graph) == 1 and not ready else None
+        if ready or grid is not None:
             ctx.saliency_in_graph = True
-            saliency, found = in_graph[0]
-            if not found.pooled:
-                saliency = insert_pooling(graph, saliency, grid)
-            return (saliency,)
+            saliency = in_graph[0][0]
+            return (saliency if ready else insert_pooling(graph, saliency, grid),)
         ctx.extra_inputs += [SALIENCY, SALIENCY_VALID]
         return _add_placeholder(graph, SALIENCY), _add_placeholder(graph, SALIENCY_VALID)

@@ -41,12 +41,14 @@ class VisionSaliencyPass:
         if not by_layer:
             return 0
         layer = ctx.layout.saliency_layer(ctx.model_config)
-        layer = max(by_layer) if layer is None else layer  # no record: the last encoder layer here
-        if layer not in by_layer:
+        if layer is not None and layer not in by_layer:
             ctx.notes.append(f"vision layer {layer} feeding the projector has no SDPA call in this graph")
             return 0
+        # No record: every layer is a candidate; the outer pass takes the last one above the features
+        # (dead-code removal drops the others).
+        anchors = by_layer[layer] if layer is not None else [n for calls in by_layer.values() for n in calls]
         grid = ctx.layout.saliency_grid(ctx.model_config) if ctx.layout.saliency_grid else None
-        for attention in by_layer[layer]:
+        for attention in anchors:
             query, key, attn_mask, scale = sdpa_inputs(attention)
             frames, patches = (shape_of(query) or (None,) * 3)[0], (shape_of(key) or (None,) * 3)[2]
             with graph.inserting_after(attention):
@@ -54,5 +56,6 @@ class VisionSaliencyPass:
             if grid is not None:
                 saliency = insert_pooling(graph, saliency, grid)
             tokens = grid.pooled_side ** 2 if grid is not None else patches
-            ctx.saliency_candidates[saliency] = SaliencyCandidate(attention, frames, tokens, pooled=grid is not None)
-        return len(by_layer[layer])
+            ctx.saliency_candidates[saliency] = SaliencyCandidate(
+                attention, vision_layer(attention, ctx.vision_classes), frames, tokens, pooled=grid is not None)
+        return len(anchors)
