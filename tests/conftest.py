@@ -1,6 +1,8 @@
 import os
 
+import pytest
 import torch
+import torch._dynamo
 from hypothesis import HealthCheck, settings
 
 # Deterministic in CI so a red run reproduces; HOLITOM_FULL=1 widens the sweeps.
@@ -14,3 +16,12 @@ settings.register_profile("full", parent=settings.get_profile("default"), max_ex
 settings.load_profile("full" if os.environ.get("HOLITOM_FULL") else "default")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """A clean Dynamo around a test, with scalar outputs captured (transformers' placeholder check)."""
+    torch._dynamo.reset()
+    torch._dynamo.config.capture_scalar_outputs = True
+    yield
+    torch._dynamo.reset()

@@ -3,16 +3,17 @@ pooling, no newline, Llama): the same checks as LLaVA-OneVision, from its layout
 
 from __future__ import annotations
 
+import pytest
 import torch
-import torch._dynamo
 
 from holitom_fx import HoliTomConfig
 from holitom_fx.tiny import tiny_llava_next_video
 
 from . import reference_pipeline
-from .test_backend_llava_onevision import (FRAMES, IDENTITY, MERGING, compiled_model, greedy,  # noqa: F401
-                                           greedy_with_first_logits, video_inputs)
-from .test_backend_llava_onevision import fresh_dynamo  # noqa: F401  (the autouse fixture)
+from .test_backend_llava_onevision import (FRAMES, IDENTITY, MERGING, assert_padded_batch_equals_each_row_alone,
+                                           compiled_model, greedy, greedy_with_first_logits, video_inputs)
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 @torch.no_grad()
@@ -46,20 +47,5 @@ def test_generate_matches_the_eager_reference_pipeline_with_vision_saliency():
 
 @torch.no_grad()
 def test_batch_of_two_with_left_padding_equals_each_row_alone():
-    cfg = HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off")
-    model, _ = compiled_model(cfg, vision=True, factory=tiny_llava_next_video)
-    short = video_inputs(model, before=(1, 2, 3), seed=0)
-    long = video_inputs(model, before=(1, 2, 3, 4, 5), seed=1)
-    pad = long["input_ids"].shape[1] - short["input_ids"].shape[1]
-    ids = torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.long), short["input_ids"]], 1), long["input_ids"]])
-    mask = torch.ones_like(ids)
-    mask[0, :pad] = 0
-    batch = dict(input_ids=ids, attention_mask=mask,
-                 pixel_values_videos=torch.cat([short["pixel_values_videos"], long["pixel_values_videos"]]))
-    together = greedy(model, batch, 8)
-    alone = []
-    for inputs in (short, long):
-        torch._dynamo.reset()
-        single, _ = compiled_model(cfg, vision=True, factory=tiny_llava_next_video)
-        alone += greedy(single, inputs, 8)
-    assert together == alone
+    assert_padded_batch_equals_each_row_alone(HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off"),
+                                              vision=True, factory=tiny_llava_next_video)

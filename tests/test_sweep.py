@@ -10,7 +10,6 @@ import os
 
 import pytest
 import torch
-import torch._dynamo
 
 from holitom_fx import sweep
 
@@ -32,12 +31,7 @@ def _params():
         yield pytest.param(name, model_types, id=model_types[0], marks=marks)
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    torch._dynamo.config.capture_scalar_outputs = True
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def test_discovery_finds_the_recorded_classes():

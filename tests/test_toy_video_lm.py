@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch._dynamo
 
 from holitom_fx import HoliTomBackend, HoliTomConfig
 from holitom_fx.archs import GENERIC, layout_for
@@ -23,11 +22,7 @@ TOKENS = (SIZE // PATCH) ** 2  # per frame: the toy does not pool
 MERGING = HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer=2)
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def toy_inputs(model, before=3, after=4, seed=0):
