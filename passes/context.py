@@ -81,7 +81,6 @@ class GraphContext:
     inner: InnerSite | None = None
     vision_classes: frozenset[type] = frozenset()  # module classes of the model's vision tower
     saliency_candidates: dict[fx.Node, SaliencyCandidate] = field(default_factory=dict)
-    saliency_in_graph: bool = False  # the merge reads saliency computed in this graph (else a runtime input)
     exported_saliency: bool = False  # the graph returns its saliency as an extra, last output
     extra_inputs: list[str] = field(default_factory=list)  # runtime inputs the backend appends
     notes: list[str] = field(default_factory=list)  # why a pass did nothing

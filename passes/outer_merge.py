@@ -151,7 +151,6 @@ class OuterMergePass:
         ready = len(in_graph) == 1 and in_graph[0][1].tokens == shape[1]  # pooled, or the model does not pool
         grid = infer_saliency_grid(in_graph[0][1].tokens, shape[1]) if len(in_graph) == 1 and not ready else None
         if ready or grid is not None:
-            ctx.saliency_in_graph = True
             saliency = in_graph[0][0]
             return (saliency if ready else insert_pooling(graph, saliency, grid),)
         ctx.extra_inputs += [SALIENCY, SALIENCY_VALID]

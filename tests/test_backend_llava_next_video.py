@@ -10,8 +10,10 @@ from holitom_fx import HoliTomConfig
 from holitom_fx.tiny import tiny_llava_next_video
 
 from . import reference_pipeline
-from .test_backend_llava_onevision import (FRAMES, IDENTITY, MERGING, assert_padded_batch_equals_each_row_alone,
-                                           compiled_model, greedy, greedy_with_first_logits, video_inputs)
+from .test_backend_llava_onevision import (FRAMES, IDENTITY, MERGING,
+                                           assert_generate_matches_reference_with_vision_saliency,
+                                           assert_padded_batch_equals_each_row_alone, compiled_model, greedy,
+                                           video_inputs)
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
@@ -29,16 +31,7 @@ def test_identity_at_full_retain_without_inner_stage():
 
 @torch.no_grad()
 def test_generate_matches_the_eager_reference_pipeline_with_vision_saliency():
-    model, backend = compiled_model(MERGING, vision=True, factory=tiny_llava_next_video)
-    inputs = video_inputs(model)
-    ids, pixels = inputs["input_ids"], inputs["pixel_values_videos"]
-    expected_logits, expected = reference_pipeline.generate(
-        tiny_llava_next_video(), ids, pixels, MERGING, FRAMES, 16, saliency_twin=tiny_llava_next_video())
-    norm_logits, _ = reference_pipeline.generate(tiny_llava_next_video(), ids, pixels, MERGING, FRAMES, 1)
-    assert not torch.allclose(expected_logits, norm_logits, atol=1e-3)  # the saliency decides the merge here
-    tokens, logits = greedy_with_first_logits(model, inputs, 16)
-    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
-    assert tokens == [expected]
+    backend = assert_generate_matches_reference_with_vision_saliency(tiny_llava_next_video)
     report = backend.last_report
     assert (report.tokens_in, report.tokens_after_outer) == (FRAMES * 4, round(MERGING.retain_ratio * FRAMES * 4))
     assert report.inner_layer == 3 and report.saliency == "vision attention (encoder graph)"

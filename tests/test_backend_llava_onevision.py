@@ -124,20 +124,27 @@ def test_batch_of_two_with_left_padding_equals_each_row_alone():
     assert_padded_batch_equals_each_row_alone(HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off"))
 
 
-@torch.no_grad()
-def test_generate_ranks_by_the_attention_of_the_compiled_vision_tower():
-    """generate() encodes the video before the prefill: the vision graph's saliency reaches the merge."""
-    model, backend = compiled_model(MERGING, vision=True)
+def assert_generate_matches_reference_with_vision_saliency(factory=tiny_llava_onevision) -> HoliTomBackend:
+    """generate() with the vision tower compiled: prefill logits and 16 tokens equal the eager reference
+    ranked by the encoder's attention (which, for this input, differs from the feature-norm ranking)."""
+    model, backend = compiled_model(MERGING, vision=True, factory=factory)
     inputs = video_inputs(model)
     ids, pixels = inputs["input_ids"], inputs["pixel_values_videos"]
     expected_logits, expected_tokens = reference_pipeline.generate(
-        tiny_llava_onevision(), ids, pixels, MERGING, FRAMES, 16, saliency_twin=tiny_llava_onevision())
-    norm_logits, _ = reference_pipeline.generate(tiny_llava_onevision(), ids, pixels, MERGING, FRAMES, 1)
+        factory(), ids, pixels, MERGING, FRAMES, 16, saliency_twin=factory())
+    norm_logits, _ = reference_pipeline.generate(factory(), ids, pixels, MERGING, FRAMES, 1)
     assert not torch.allclose(expected_logits, norm_logits, atol=1e-3)  # the saliency decides the merge here
     tokens, logits = greedy_with_first_logits(model, inputs, 16)
     torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
     assert tokens == [expected_tokens]
     assert backend.last_report.saliency == "vision attention (encoder graph)" and backend.saliency_fallbacks == 0
+    return backend
+
+
+@torch.no_grad()
+def test_generate_ranks_by_the_attention_of_the_compiled_vision_tower():
+    """generate() encodes the video before the prefill: the vision graph's saliency reaches the merge."""
+    backend = assert_generate_matches_reference_with_vision_saliency()
     assert sum(g.rewrites.get("SaliencyExportPass", 0) for g in backend.graphs) == 1
 
 
