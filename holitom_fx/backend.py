@@ -16,8 +16,9 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
-from passes.context import SALIENCY, WINDOW_END, GraphContext, RewriteError
+from passes.context import SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError
 from passes.decode_positions import POSITION_SHIFT
+from passes.frame_grid import GridError, rope_frame_grid
 from passes.manager import PassManager
 from passes.module_stack import decoder_layer
 from passes.outer_merge import has_video_scatter
@@ -178,7 +179,30 @@ class HoliTomBackend:
         device = next((x.device for x in example_inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
         placeholders = [ctx.runtime_input(name).to(device) for name in ctx.extra_inputs]
         compiled = self._compiler(rewritten, list(example_inputs) + placeholders)
-        return self._runtime(compiled, ctx, device, _is_prefill(gm.graph, ctx))
+        runner = self._runtime(compiled, ctx, device, _is_prefill(gm.graph, ctx))
+        check = ctx.video.grid_check if ctx.video is not None else None
+        return runner if check is None else self._grid_guarded(gm, runner, check)
+
+    def _grid_guarded(self, gm: fx.GraphModule, runner: Callable, check: GridCheck) -> Callable:
+        """A prefill merged on a frame grid read from the prompt's positions (M-RoPE): re-read the grid
+        at each call (one host read of the ids and positions per prefill, none per decode step); a video
+        of another grid with the same token count gets a graph rewritten for it."""
+        names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        ids_at, positions_at = names.index(check.input_ids), names.index(check.positions)
+        variants = {check.grid: runner}
+
+        def run(*args):
+            try:
+                grid = rope_frame_grid(args[ids_at], args[positions_at], check.token_id)
+            except GridError:
+                grid = None
+            if grid not in variants:
+                log.info("HoliTom: video grid %s (videos, frames, tokens per frame) is new for this prompt shape; "
+                         "rewriting the graph for it", grid)
+                variants[grid] = self._compile(gm, list(args))
+            return variants[grid](*args)
+
+        return run
 
     def _specializing(self, gm: fx.GraphModule) -> Callable:
         """A prefill traced with a symbolic length: rewrite and compile one static copy per length.
@@ -249,7 +273,7 @@ class HoliTomBackend:
                 return compiled(*args)
 
             return unmerged_prefill
-        shift_value = video.length - video.new_length if self.config.positions == "compact" else 0
+        shift_value = video.length - video.new_length if ctx.positions == "compact" else 0
         shift = self._shift_tensor(device)
         window_end = ctx.runtime_input(WINDOW_END).to(device)
         expected_saliency = (video.batch * video.videos * video.frames, video.tokens_per_frame)

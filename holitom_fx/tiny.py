@@ -81,3 +81,64 @@ def video_prompt(model, frames: int, text_before: list[int], text_after: list[in
     """``input_ids [1, L]``: text, the video placeholders, text."""
     video = [model.config.video_token_index] * video_token_count(model, frames)
     return torch.tensor([text_before + video + text_after])
+
+
+def tiny_qwen_vl(family: str = "qwen2_vl", seed: int = 0, layers: int = 4, hidden: int = 64, heads: int = 4,
+                 kv_heads: int = 2, vocab: int = 200, patch_size: int = 14, vision_hidden: int = 32,
+                 vision_layers: int = 2):
+    """A random-weight Qwen2-VL / Qwen2.5-VL / Qwen3-VL (``family``: its model type), eval mode, fp32.
+
+    3-D rotary positions (M-RoPE, sections 2/3/3 of a 16-dim head), two frames per temporal patch,
+    2x2 spatial patch merging. Token ids: video ``vocab - 2``, image ``vocab - 1``, vision start/end
+    ``vocab - 4`` / ``vocab - 3``.
+    """
+    import transformers
+
+    names = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL", "qwen3_vl": "Qwen3VL"}
+    if family not in names:
+        raise ValueError(f"family={family!r} is not one of {sorted(names)}")
+    prefix = names[family]
+    torch.manual_seed(seed)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    if family == "qwen3_vl":
+        rope["mrope_interleaved"] = True
+    text = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                max_position_embeddings=4096, rope_parameters=rope)
+    vision = dict(depth=vision_layers, hidden_size=vision_hidden, num_heads=2, patch_size=patch_size,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    if family == "qwen2_vl":
+        vision.update(embed_dim=vision_hidden, mlp_ratio=2, hidden_size=hidden)
+    elif family == "qwen2_5_vl":
+        vision.update(intermediate_size=2 * vision_hidden, out_hidden_size=hidden, window_size=2 * patch_size * 2,
+                      fullatt_block_indexes=[vision_layers - 1])
+    else:
+        vision.update(intermediate_size=2 * vision_hidden, out_hidden_size=hidden, num_position_embeddings=64,
+                      deepstack_visual_indexes=[0])
+    config_cls = getattr(transformers, f"{prefix}Config")
+    config = config_cls(text_config=text, vision_config=vision, video_token_id=vocab - 2, image_token_id=vocab - 1,
+                        vision_start_token_id=vocab - 4, vision_end_token_id=vocab - 3)
+    config.get_text_config()._attn_implementation = "sdpa"
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
+    return model.eval()
+
+
+def qwen_video_inputs(model, frames: int, size: int, text_before: list[int], text_after: list[int],
+                      seed: int = 0) -> dict[str, torch.Tensor]:
+    """One prompt ``text, <vision_start>, video placeholders, <vision_end>, text`` and its clip, laid out as
+    the Qwen2-VL video processor lays it out: ``pixel_values_videos [t*h*w, 3*2*p*p]`` patches in
+    (temporal patch, merged row, merged column, 2x2) order, ``video_grid_thw [[t, h, w]]`` in patches."""
+    vision = model.config.vision_config
+    patch, merge, temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
+    if frames % temporal or size % (patch * merge):
+        raise ValueError(f"frames={frames} must be a multiple of {temporal} and size={size} of {patch * merge}")
+    clip = synthetic_clip(frames, size, seed)
+    t, side = frames // temporal, size // patch
+    patches = clip.reshape(t, temporal, 3, side // merge, merge, patch, side // merge, merge, patch)
+    patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(t * side * side, 3 * temporal * patch * patch)
+    count = t * side * side // merge ** 2
+    config = model.config
+    ids = torch.tensor([text_before + [config.vision_start_token_id] + [config.video_token_id] * count
+                        + [config.vision_end_token_id] + text_after])
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=patches,
+                video_grid_thw=torch.tensor([[t, side, side]]), mm_token_type_ids=(ids == config.video_token_id).long() * 2)

@@ -28,6 +28,17 @@ class RewriteError(Exception):
     """The graph cannot be rewritten safely; the backend compiles it unchanged and says why."""
 
 
+@dataclass(frozen=True)
+class GridCheck:
+    """What a merged prefill's frame grid was read from (M-RoPE models): the placeholder names of the
+    input ids and the position ids, and the grid ``(videos, frames, tokens per frame)`` found there."""
+
+    input_ids: str
+    positions: str
+    token_id: int
+    grid: tuple[int, int, int]
+
+
 @dataclass
 class VideoSite:
     """The vision-token boundary found by the outer pass, and what the merge made of it."""
@@ -45,6 +56,7 @@ class VideoSite:
     window_end: fx.Node  # [B*videos, T], the segments
     last_inserted: fx.Node
     videos: int = 1  # video spans per row, each merged on its own
+    grid_check: GridCheck | None = None  # the grid came from the prompt's positions: re-checked per call
 
     @property
     def tokens_in(self) -> int:
@@ -84,6 +96,12 @@ class GraphContext:
     exported_saliency: bool = False  # the graph returns its saliency as an extra, last output
     extra_inputs: list[str] = field(default_factory=list)  # runtime inputs the backend appends
     notes: list[str] = field(default_factory=list)  # why a pass did nothing
+    example_values: dict[str, torch.Tensor] = field(default_factory=dict)  # placeholder -> real example input
+
+    @property
+    def positions(self) -> str:
+        """The position scheme in force: M-RoPE models always keep representative positions (the spec)."""
+        return "original" if self.layout is not None and self.layout.rotary_axes == 3 else self.config.positions
 
     def runtime_input(self, name: str) -> torch.Tensor:
         """A placeholder-shaped value for an extra runtime input (the backend supplies the real one)."""

@@ -31,7 +31,7 @@ class DecodePositionPass:
 
     def __call__(self, graph: fx.Graph) -> int:
         ctx = self.ctx
-        if ctx.video is not None or ctx.config.positions != "compact":
+        if ctx.video is not None or ctx.positions != "compact":
             return 0
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         positions = [n for n in placeholders if _is_position_input(n)]

@@ -7,6 +7,7 @@ import logging
 import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from .context import GraphContext, RewriteError, fresh_fake_mode
@@ -29,6 +30,9 @@ class PassManager:
                        DecodePositionPass(ctx), SaliencyExportPass(ctx)]
 
     def __call__(self, gm: fx.GraphModule, example_inputs: list) -> dict[str, int]:
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.ctx.example_values = {n.name: value for n, value in zip(placeholders, example_inputs)
+                                   if isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor)}
         counts = {type(p).__name__: p(gm.graph) for p in self.passes}
         if any(counts.values()):
             gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output") or n.is_impure()

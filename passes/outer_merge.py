@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 from dataclasses import astuple
 
+import torch
 import torch.fx as fx
 
 from holitom_fx.archs import infer_saliency_grid
@@ -13,8 +14,9 @@ from holitom_fx.ops.stages import outer_stage
 
 from .boundary import find_video_boundary
 from .vision_saliency import insert_pooling
-from .context import (SALIENCY, SALIENCY_VALID, WINDOW_END, GraphContext, RewriteError, VideoSite, mark_inserted,
-                      shape_of)
+from .context import (SALIENCY, SALIENCY_VALID, WINDOW_END, GridCheck, GraphContext, RewriteError, VideoSite,
+                      is_weight, mark_inserted, shape_of, tensor_of)
+from .frame_grid import GridError, rope_frame_grid
 
 def has_video_scatter(graph: fx.Graph, ctx: GraphContext) -> bool:
     """Whether the graph places video features (the outer pass would rewrite it)."""
@@ -35,6 +37,11 @@ def _ancestors(node: fx.Node) -> set[fx.Node]:
             seen.add(current)
             stack.extend(current.all_input_nodes)
     return seen
+
+
+def _is_integer(node: fx.Node) -> bool:
+    value = tensor_of(node)
+    return value is not None and not value.is_floating_point() and value.dtype != torch.bool
 
 
 def _add_placeholder(graph: fx.Graph, name: str) -> fx.Node:
@@ -64,9 +71,17 @@ class OuterMergePass:
             raise RewriteError(f"the sequence at {scatter.name} is not [B, L, E] with static shapes")
         length, dim = shape_of(sequence)[1:]
         batch, row_span = boundary.span
-        videos = self._videos_per_row(features, batch, row_span, dim)
-        span = row_span // videos
-        frames, per_frame, pass_through = self._frame_grid(features, batch, span, dim)
+        grid_check = None
+        if ctx.layout.rotary_axes == 3:
+            grid_check = self._rope_grid(mask, token_id, batch, length)
+            videos, frames, per_frame = grid_check.grid
+            pass_through, span = 0, row_span // grid_check.grid[0]
+            if span != frames * per_frame:
+                raise RewriteError(f"{row_span} video tokens per row are not {videos} videos of {frames} x {per_frame}")
+        else:
+            videos = self._videos_per_row(features, batch, row_span, dim)
+            span = row_span // videos
+            frames, per_frame, pass_through = self._frame_grid(features, batch, span, dim)
         if ctx.config.budget != "exact":
             raise RewriteError("budget='reference' has a data-dependent token count; the compiled path needs "
                                "budget='exact' (use holitom_fx.ops.outer_merge eagerly for the reference)")
@@ -96,8 +111,29 @@ class OuterMergePass:
         ctx.video = VideoSite(
             scatter=scatter, batch=batch, length=length, frames=frames, tokens_per_frame=per_frame,
             pass_through=pass_through, merged_tokens=merged, new_length=length - videos * (span - merged),
-            source=outputs[1], span_start=outputs[2], window_end=outputs[3], last_inserted=previous, videos=videos)
+            source=outputs[1], span_start=outputs[2], window_end=outputs[3], last_inserted=previous, videos=videos,
+            grid_check=grid_check)
         return 1
+
+    def _rope_grid(self, mask: fx.Node, token_id: int, batch: int, length: int) -> GridCheck:
+        """The frame grid of an M-RoPE model, read from the real position ids of this call (``frame_grid``)."""
+        ctx = self.ctx
+        placeholders = [n for n in mask.graph.nodes if n.op == "placeholder" and not is_weight(n)]
+        positions = [n for n in placeholders if _is_integer(n) and shape_of(n) is not None and len(shape_of(n)) == 3
+                     and shape_of(n)[0] in (3, 4) and shape_of(n)[1:] == (batch, length)]
+        ids = [n for n in _ancestors(mask) if n.op == "placeholder" and _is_integer(n)
+               and shape_of(n) == (batch, length)]
+        if len(positions) != 1 or len(ids) != 1:
+            raise RewriteError("the 3-D rotary position ids are not a graph input (generate() passes them; a "
+                               "forward call derives them inside the model): the frame grid is unknown")
+        values = [ctx.example_values.get(n.name) for n in (ids[0], positions[0])]
+        if any(v is None for v in values):
+            raise RewriteError("no real example inputs to read the frame grid from the position ids")
+        try:
+            grid = rope_frame_grid(values[0], values[1], token_id)
+        except GridError as err:
+            raise RewriteError(str(err)) from err
+        return GridCheck(input_ids=ids[0].name, positions=positions[0].name, token_id=token_id, grid=grid)
 
     def _videos_per_row(self, features: fx.Node, batch: int, row_span: int, dim: int) -> int:
         """Video spans per row: the features' per-video tensor ``[B*k, V, E]`` a few steps up (a record's

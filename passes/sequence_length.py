@@ -54,8 +54,10 @@ def _feeds_rotary(node: fx.Node, depth: int = 6) -> bool:
 
 
 def _gather_positions(positions: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """Original position of each kept token: ``positions[b, source[b, j]]``."""
-    return positions.expand(source.shape[0], -1).gather(1, source)
+    """Original position of each kept token: ``positions[..., b, source[b, j]]`` (``[B, L]`` ids, or
+    M-RoPE's ``[R, B, L]``)."""
+    leading = positions.shape[:-2]
+    return positions.expand(*leading, *source.shape[:1], -1).gather(-1, source.expand(*leading, *source.shape))
 
 
 class SequenceLengthPass:
@@ -96,15 +98,16 @@ class SequenceLengthPass:
                     if size == old:
                         narrowed = mark_inserted(graph.call_method("narrow", (narrowed, dim, 0, video.new_length)))
                 rotary = None
-                if self.ctx.config.positions == "original" and placeholder.meta.get("val", placeholder.meta.get(
-                        "example_value")).dtype in (torch.int32, torch.int64) and len(shape) == 2:
+                if self.ctx.positions == "original" and placeholder.meta.get("val", placeholder.meta.get(
+                        "example_value")).dtype in (torch.int32, torch.int64) and len(shape) >= 2 \
+                        and shape[-1] == old:
                     rotary = mark_inserted(graph.call_function(_gather_positions, (placeholder, video.source)))
             for user in users:
                 replacement = rotary if rotary is not None and _feeds_rotary(user) else narrowed
                 original_applied |= replacement is rotary
                 user.replace_input_with(placeholder, replacement)
                 rewrites += 1
-        if self.ctx.config.positions == "original" and not original_applied:
+        if self.ctx.positions == "original" and not original_applied:
             raise RewriteError("positions='original' needs the position ids as a graph input (generate() passes "
                                "them); this graph derives them internally")
         return rewrites

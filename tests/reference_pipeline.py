@@ -90,18 +90,58 @@ def last_row_attention(layer, hidden, cos, sin):
 @torch.no_grad()
 def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int, new_tokens: int,
              saliency_twin=None, image=None):
-    """(prefill logits of the last position [1, vocab], greedy tokens [new_tokens]).
+    """(prefill logits of the last position [1, vocab], greedy tokens [new_tokens]) of a LLaVA model.
 
     Dynamic tokens are ranked by feature norm, or with ``saliency_twin`` (an uncompiled model with
     the same weights) by the vision encoder's attention received.
     """
-    lm = model.model.language_model
     hidden, starts, span, original = merged_embeds(model, input_ids, pixel_values_videos, cfg, frames, saliency_twin,
                                                   image)
-    length = hidden.shape[1]
+    if cfg.positions == "compact":
+        positions, next_position = torch.arange(hidden.shape[1])[None], hidden.shape[1]
+    else:
+        positions, next_position = original, input_ids.shape[1]
+    return run_decoder(model, hidden, starts, span, positions, lambda step: torch.tensor([[next_position + step]]),
+                       cfg, new_tokens)
+
+
+def qwen_merged_embeds(model, inputs, cfg: HoliTomConfig):
+    """(inputs_embeds after the outer merge, the video's start, its merged token count, the M-RoPE
+    positions [3, 1, L'] each token keeps: its representative's (t, h, w)) of a Qwen2-VL-family model,
+    batch 1, one video; dynamic tokens ranked by feature norm."""
+    inner = model.model
+    features = torch.cat(inner.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                                  video_grid_thw=inputs["video_grid_thw"]).pooler_output)
+    input_ids = inputs["input_ids"]
+    mask = input_ids == model.config.video_token_id
+    embeds = inner.get_input_embeddings()(input_ids).masked_scatter(mask[..., None], features)
+    positions, _ = inner.get_rope_index(input_ids, mm_token_type_ids=inputs["mm_token_type_ids"],
+                                        video_grid_thw=inputs["video_grid_thw"],
+                                        attention_mask=inputs["attention_mask"])
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    merge = model.config.vision_config.spatial_merge_size
+    grid = features.reshape(t, h * w // merge ** 2, -1)  # one frame per temporal patch
+    out = outer_merge(grid, feature_saliency(grid), cfg)
+    start = int(torch.nonzero(mask[0])[0])
+    hidden, step = splice_span(embeds, torch.tensor([start]), features.shape[0], out.tokens[None],
+                               out.positions[None])
+    return hidden, [start], out.tokens.shape[0], positions.gather(-1, step.expand(3, *step.shape))
+
+
+@torch.no_grad()
+def qwen_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int):
+    """The same for a Qwen2-VL-family model: decoding continues after the prompt's last (t, h, w)."""
+    hidden, starts, span, positions = qwen_merged_embeds(model, inputs, cfg)
+    last = positions[..., -1:]
+    return run_decoder(model, hidden, starts, span, positions, lambda step: last + 1 + step, cfg, new_tokens)
+
+
+def run_decoder(model, hidden, starts, span, positions, decode_position, cfg: HoliTomConfig, new_tokens: int):
+    """The model's own decoder layers, one by one, on merged embeddings at ``positions``; the inner
+    merge at layer K by the loop reference; greedy decoding on the per-layer caches at
+    ``decode_position(step)``. Returns (prefill logits of the last position, greedy tokens)."""
+    lm = model.model.language_model
     layer_k = cfg.resolve_inner_layer(len(lm.layers))
-    positions = torch.arange(length)[None] if cfg.positions == "compact" else original
-    next_position = length if cfg.positions == "compact" else input_ids.shape[1]
     cos, sin = lm.rotary_emb(hidden, positions)
     cache = DynamicCache(config=lm.config)
     previous_input = hidden  # input of the previous layer: layer K-1's q/k come from it
@@ -120,10 +160,9 @@ def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: 
     tokens = [int(logits.argmax(-1))]
     for step in range(new_tokens - 1):
         hidden = lm.embed_tokens(torch.tensor([[tokens[-1]]]))
-        position = torch.tensor([[next_position + step]])
-        cos, sin = lm.rotary_emb(hidden, position)
+        cos, sin = lm.rotary_emb(hidden, decode_position(step))
         for layer in lm.layers:
             hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), past_key_values=cache,
-                           use_cache=True, position_ids=position)
+                           use_cache=True, position_ids=None)
         tokens.append(int(model.lm_head(lm.norm(hidden))[0, -1].argmax()))
     return logits, tokens

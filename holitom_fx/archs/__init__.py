@@ -40,6 +40,10 @@ class VideoLayout:
     # encoder layer feeding the projector (None: the last encoder layer in the graph)
     saliency_layer: Callable[[Any], int | None] = lambda config: None
     saliency_grid: Callable[[Any], SaliencyGrid] | None = None  # None: inferred, see infer_saliency_grid
+    # 3: M-RoPE, position ids [3 or 4 (a text row first), B, L] holding each token's (t, h, w). A video's
+    # frames are then the runs of equal temporal position in its span (read from the prompt's positions,
+    # no pooling to know), and every merged token keeps its representative's (t, h, w) (the spec's rule).
+    rotary_axes: int = 1
 
     def video_token_id(self, config: Any) -> int | None:
         for attr in self.video_token_attrs:
@@ -90,6 +94,11 @@ def _strided_patch_grid(config: Any) -> int:
 LAYOUTS: tuple[VideoLayout, ...] = (
     VideoLayout(model_types=("llava_onevision",), tokens_per_frame=_pooled_patch_grid, pass_through_tokens=1,
                 saliency_layer=_selected_hidden_state_layer, saliency_grid=_llava_onevision_saliency_grid),
+    # Qwen2-VL / Qwen2.5-VL: features flat [sum(t*h*w/4), E], two frames per temporal patch. The encoder's
+    # attention runs per frame or window through cu_seqlens splits that break its graph, so no saliency
+    # is read there: the feature-norm fallback ranks dynamic tokens (vision_tower="" compiles nothing apart).
+    VideoLayout(model_types=("qwen2_vl", "qwen2_5_vl"), tokens_per_frame=None, pass_through_tokens=0,
+                video_token_attrs=("video_token_id",), vision_tower="", rotary_axes=3),
     VideoLayout(model_types=("llava_next_video",), tokens_per_frame=_strided_patch_grid, pass_through_tokens=0,
                 saliency_layer=_selected_hidden_state_layer, saliency_grid=_llava_next_video_saliency_grid),
 )

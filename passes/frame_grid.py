@@ -1,0 +1,60 @@
+"""The frame grid of M-RoPE video spans, read from the prompt's own 3-D rotary positions.
+
+Qwen2-VL-style models hand the decoder flat visual features ``[sum(t*h*w), E]``: the shape
+says nothing of the frames. Their position ids do: within one temporal patch every token has
+its own (h, w), and each patch starts again at the span's first (h, w); so a new frame starts
+wherever the (h, w) of the span's first token comes back (whatever spacing the temporal row has). The grid is read once per compiled graph from the real example inputs and
+checked again at each call (a video of another grid with the same token count gets a graph
+of its own).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class GridError(ValueError):
+    """The prompt's video spans do not share one frames x tokens grid."""
+
+
+def _runs(values: list) -> list[int]:
+    """Lengths of the runs of equal consecutive values."""
+    lengths: list[int] = []
+    for index, value in enumerate(values):
+        if index and value == values[index - 1]:
+            lengths[-1] += 1
+        else:
+            lengths.append(1)
+    return lengths
+
+
+def _frame_lengths(spatial: list[tuple[int, int]]) -> list[int]:
+    """Tokens per frame of one span: a frame starts wherever the first token's (h, w) comes back."""
+    starts = [index for index, hw in enumerate(spatial) if hw == spatial[0]] + [len(spatial)]
+    return [end - start for start, end in zip(starts, starts[1:])]
+
+
+def rope_frame_grid(input_ids: torch.Tensor, positions: torch.Tensor, token_id: int) -> tuple[int, int, int]:
+    """``(videos per row, frames, tokens per frame)`` of the ``token_id`` spans of ``input_ids [B, L]``,
+    from ``positions [R, B, L]`` whose last two rows are (h, w) (R = 3, or 4 with a text row first).
+    Every row and video must share the grid (``GridError`` otherwise)."""
+    if positions.ndim != 3 or positions.shape[0] not in (3, 4) or positions.shape[1:] != input_ids.shape:
+        raise GridError(f"positions {tuple(positions.shape)} are not [3 or 4, B, L] for input ids "
+                        f"{tuple(input_ids.shape)}")
+    mask = (input_ids == token_id).tolist()
+    spatial = [list(zip(h, w)) for h, w in zip(*positions[-2:].tolist())]
+    grids = set()
+    for row_mask, row_spatial in zip(mask, spatial):
+        spans = _runs(row_mask)  # alternating runs of False/True
+        start, videos = 0, []
+        for length in spans:
+            if row_mask[start]:
+                videos.append(_frame_lengths(row_spatial[start:start + length]))
+            start += length
+        frames = {(len(runs), runs[0]) for runs in videos if len(set(runs)) == 1}
+        if not videos or len(frames) != 1 or any(len(set(runs)) != 1 for runs in videos):
+            raise GridError(f"video spans of unequal frame grids in one row: {videos}")
+        grids.add((len(videos), *frames.pop()))
+    if len(grids) != 1:
+        raise GridError(f"rows of the batch hold different video grids: {sorted(grids)}")
+    return grids.pop()
