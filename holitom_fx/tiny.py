@@ -123,22 +123,55 @@ def tiny_qwen_vl(family: str = "qwen2_vl", seed: int = 0, layers: int = 4, hidde
     return model.eval()
 
 
-def qwen_video_inputs(model, frames: int, size: int, text_before: list[int], text_after: list[int],
-                      seed: int = 0) -> dict[str, torch.Tensor]:
-    """One prompt ``text, <vision_start>, video placeholders, <vision_end>, text`` and its clip, laid out as
-    the Qwen2-VL video processor lays it out: ``pixel_values_videos [t*h*w, 3*2*p*p]`` patches in
-    (temporal patch, merged row, merged column, 2x2) order, ``video_grid_thw [[t, h, w]]`` in patches."""
+def _qwen_patches(model, clip: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """A clip ``[frames, 3, S, S]`` as the Qwen2-VL processor lays it out: patches ``[t*h*w, 3*2*p*p]`` in
+    (temporal patch, merged row, merged column, 2x2) order, and its grid ``[t, h, w]`` in patches."""
     vision = model.config.vision_config
     patch, merge, temporal = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
+    frames, size = clip.shape[0], clip.shape[-1]
     if frames % temporal or size % (patch * merge):
         raise ValueError(f"frames={frames} must be a multiple of {temporal} and size={size} of {patch * merge}")
-    clip = synthetic_clip(frames, size, seed)
     t, side = frames // temporal, size // patch
     patches = clip.reshape(t, temporal, 3, side // merge, merge, patch, side // merge, merge, patch)
     patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(t * side * side, 3 * temporal * patch * patch)
-    count = t * side * side // merge ** 2
+    return patches, [t, side, side]
+
+
+def qwen_prompt(model, parts: list, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Inputs of a Qwen2-VL-family model for one prompt of ``parts``, in order: lists of text token ids,
+    ``("video", frames, size)`` clips and ``("image", size)`` still images (a frame repeated over one
+    temporal patch), each wrapped in vision start/end tokens; ``mm_token_type_ids`` 1 for image and 2
+    for video placeholders, as the processor marks them."""
     config = model.config
-    ids = torch.tensor([text_before + [config.vision_start_token_id] + [config.video_token_id] * count
-                        + [config.vision_end_token_id] + text_after])
-    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=patches,
-                video_grid_thw=torch.tensor([[t, side, side]]), mm_token_type_ids=(ids == config.video_token_id).long() * 2)
+    merge = config.vision_config.spatial_merge_size
+    ids, kinds, media = [], [], {"image": ([], []), "video": ([], [])}
+    for index, part in enumerate(parts):
+        if isinstance(part, list):
+            ids += part
+            kinds += [0] * len(part)
+            continue
+        kind, *shape = part
+        if kind == "video":
+            clip = synthetic_clip(shape[0], shape[1], seed + index)
+        else:
+            clip = synthetic_clip(1, shape[0], seed + index).repeat(config.vision_config.temporal_patch_size, 1, 1, 1)
+        patches, grid = _qwen_patches(model, clip)
+        media[kind][0].append(patches)
+        media[kind][1].append(grid)
+        count = grid[0] * grid[1] * grid[2] // merge ** 2
+        token = config.video_token_id if kind == "video" else config.image_token_id
+        ids += [config.vision_start_token_id] + [token] * count + [config.vision_end_token_id]
+        kinds += [0] + [2 if kind == "video" else 1] * count + [0]
+    inputs = dict(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                  mm_token_type_ids=torch.tensor([kinds]))
+    for kind, key in (("video", "pixel_values_videos"), ("image", "pixel_values")):
+        if media[kind][0]:
+            inputs[key] = torch.cat(media[kind][0])
+            inputs[f"{kind}_grid_thw"] = torch.tensor(media[kind][1])
+    return inputs
+
+
+def qwen_video_inputs(model, frames: int, size: int, text_before: list[int], text_after: list[int],
+                      seed: int = 0) -> dict[str, torch.Tensor]:
+    """One prompt ``text, <vision_start>, video placeholders, <vision_end>, text`` and its clip."""
+    return qwen_prompt(model, [text_before, ("video", frames, size), text_after], seed=seed - 1)

@@ -115,8 +115,41 @@ class GraphContext:
 
 
 def fresh_fake_mode() -> FakeTensorMode:
-    """A fake mode of its own for real example inputs: static sizes, data-dependent values allowed."""
-    return FakeTensorMode(allow_non_fake_inputs=True)
+    """A fake mode of its own for real example inputs: static sizes, data-dependent values allowed
+    (a shape environment turns a model's own ``.item()`` checks into unbacked symbols)."""
+    return FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv())
+
+
+def propagate_fresh(gm: fx.GraphModule, inputs: list) -> None:
+    """Fill ``meta["val"]`` of ``gm`` for real ``inputs``, outside Dynamo (a specialization, a new grid).
+
+    FakeTensorProp in a fake mode of its own first; the unbacked symbols Dynamo bound (``.item()``
+    results) belong to Dynamo's shape environment, so they are forgotten and rebound there. Where a
+    data-dependent op still has no fake answer (a boolean-mask index inside a model's own check), the
+    graph is run once on the real inputs instead and each value kept as a fake of the same shape.
+    """
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    for node in gm.graph.nodes:
+        node.meta.pop("unbacked_bindings", None)
+    try:
+        FakeTensorProp(gm, fresh_fake_mode()).propagate(*inputs)
+    except Exception:  # noqa: BLE001 - retried with real values below
+        _RealValueProp(gm, fresh_fake_mode()).run(*inputs)
+
+
+class _RealValueProp(fx.Interpreter):
+    """Runs a graph on real tensors, recording a fake of each value (values are freed as usual)."""
+
+    def __init__(self, gm: fx.GraphModule, mode: FakeTensorMode):
+        super().__init__(gm)
+        self.mode = mode
+
+    def run_node(self, node: fx.Node):
+        result = super().run_node(node)
+        node.meta["val"] = fx.node.map_aggregate(
+            result, lambda v: self.mode.from_tensor(v, static_shapes=True) if isinstance(v, torch.Tensor) else v)
+        return result
 
 
 def tensor_of(node: Any) -> torch.Tensor | None:

@@ -10,7 +10,7 @@ from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from .context import GraphContext, RewriteError, fresh_fake_mode
+from .context import GraphContext, RewriteError, propagate_fresh
 from .decode_positions import DecodePositionPass
 from .inner_merge import InnerMergePass
 from .outer_merge import OuterMergePass
@@ -48,7 +48,7 @@ class PassManager:
         fake_mode = detect_fake_mode(inputs)  # Dynamo's while it compiles; none for a runtime specialization
         try:
             if fake_mode is None:
-                FakeTensorProp(gm, fresh_fake_mode()).propagate(*inputs)
+                propagate_fresh(gm, inputs)
             else:
                 fakes = [fake_mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x
                          for x in inputs]

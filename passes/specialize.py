@@ -11,9 +11,8 @@ from __future__ import annotations
 import sympy
 import torch
 import torch.fx as fx
-from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from .context import RewriteError, fresh_fake_mode
+from .context import RewriteError, propagate_fresh
 
 _SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)
 
@@ -80,7 +79,7 @@ def specialize(gm: fx.GraphModule, args: list) -> tuple[fx.GraphModule, list[int
     static = fx.GraphModule(gm, graph)
     tensors = [args[i] for i in kept]
     try:
-        FakeTensorProp(static, fresh_fake_mode()).propagate(*tensors)
+        propagate_fresh(static, tensors)
     except Exception as err:  # the graph does not hold for these sizes after all
         raise RewriteError(f"specialized graph does not propagate shapes: {type(err).__name__}: {err}") from err
     for node in static.graph.nodes:

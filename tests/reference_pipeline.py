@@ -106,26 +106,37 @@ def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: 
 
 
 def qwen_merged_embeds(model, inputs, cfg: HoliTomConfig):
-    """(inputs_embeds after the outer merge, the video's start, its merged token count, the M-RoPE
-    positions [3, 1, L'] each token keeps: its representative's (t, h, w)) of a Qwen2-VL-family model,
-    batch 1, one video; dynamic tokens ranked by feature norm."""
+    """(inputs_embeds after the outer merge, the merged videos' starts, tokens per merged video, the
+    M-RoPE positions [3, 1, L'] each token keeps: its representative's (t, h, w)) of a Qwen2-VL-family
+    model, batch 1; each video merged on its own, an image placed as is; ranked by feature norm."""
     inner = model.model
-    features = torch.cat(inner.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
-                                                  video_grid_thw=inputs["video_grid_thw"]).pooler_output)
     input_ids = inputs["input_ids"]
-    mask = input_ids == model.config.video_token_id
-    embeds = inner.get_input_embeddings()(input_ids).masked_scatter(mask[..., None], features)
+    embeds = inner.get_input_embeddings()(input_ids)
+    if "pixel_values" in inputs:
+        image = torch.cat(inner.get_image_features(pixel_values=inputs["pixel_values"],
+                                                   image_grid_thw=inputs["image_grid_thw"]).pooler_output)
+        embeds = embeds.masked_scatter((input_ids == model.config.image_token_id)[..., None], image)
+    videos = inner.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                      video_grid_thw=inputs["video_grid_thw"]).pooler_output
+    mask = (input_ids == model.config.video_token_id)[0]
+    embeds = embeds.masked_scatter(mask[None, :, None], torch.cat(videos))
     positions, _ = inner.get_rope_index(input_ids, mm_token_type_ids=inputs["mm_token_type_ids"],
+                                        image_grid_thw=inputs.get("image_grid_thw"),
                                         video_grid_thw=inputs["video_grid_thw"],
                                         attention_mask=inputs["attention_mask"])
-    t, h, w = inputs["video_grid_thw"][0].tolist()
     merge = model.config.vision_config.spatial_merge_size
-    grid = features.reshape(t, h * w // merge ** 2, -1)  # one frame per temporal patch
-    out = outer_merge(grid, feature_saliency(grid), cfg)
-    start = int(torch.nonzero(mask[0])[0])
-    hidden, step = splice_span(embeds, torch.tensor([start]), features.shape[0], out.tokens[None],
-                               out.positions[None])
-    return hidden, [start], out.tokens.shape[0], positions.gather(-1, step.expand(3, *step.shape))
+    starts = [int(i) for i in torch.nonzero(mask).flatten() if i == 0 or not mask[i - 1]]
+    original = torch.arange(embeds.shape[1])[None]
+    for index in reversed(range(len(starts))):  # the last video first: earlier starts stay put
+        t, h, w = inputs["video_grid_thw"][index].tolist()
+        grid = videos[index].reshape(t, h * w // merge ** 2, -1)  # one frame per temporal patch
+        out = outer_merge(grid, feature_saliency(grid), cfg)
+        embeds, step = splice_span(embeds, torch.tensor([starts[index]]), videos[index].shape[0], out.tokens[None],
+                                   out.positions[None])
+        original = original.gather(1, step)
+    span, merged = videos[0].shape[0], out.tokens.shape[0]
+    starts = [start - index * (span - merged) for index, start in enumerate(starts)]
+    return embeds, starts, merged, positions.gather(-1, original.expand(3, *original.shape))
 
 
 @torch.no_grad()

@@ -307,7 +307,8 @@ def test_transformers_classes_and_model_are_untouched():
     assert all(set(vars(model.get_submodule(name))) - instance[name] <= {"_compiled_call_impl"} for name in changed)
 
 
-def _graph_count(model_factory, backend_factory, inputs_factory, runs=2):
+def graph_count(model_factory, backend_factory, inputs_factory, runs=2, vision_tower="model.vision_tower"):
+    """Graphs compiled after each of ``runs`` greedy generations (the vision tower compiled too, if named)."""
     torch._dynamo.reset()
     model = model_factory()
     graphs = []
@@ -317,7 +318,8 @@ def _graph_count(model_factory, backend_factory, inputs_factory, runs=2):
         graphs.append(gm)
         return inner(gm, example_inputs)
 
-    model.model.vision_tower.compile(backend=counting)
+    if vision_tower:
+        model.get_submodule(vision_tower).compile(backend=counting)
     model.compile(backend=counting)
     counts = []
     for _ in range(runs):
@@ -328,8 +330,8 @@ def _graph_count(model_factory, backend_factory, inputs_factory, runs=2):
 
 @torch.no_grad()
 def test_no_added_graph_breaks_and_no_recompilation():
-    plain = _graph_count(tiny_llava_onevision, lambda m: (lambda gm, _: gm.forward), video_inputs)
-    holitom = _graph_count(tiny_llava_onevision, lambda m: HoliTomBackend(MERGING, compiler="eager").bind(m),
+    plain = graph_count(tiny_llava_onevision, lambda m: (lambda gm, _: gm.forward), video_inputs)
+    holitom = graph_count(tiny_llava_onevision, lambda m: HoliTomBackend(MERGING, compiler="eager").bind(m),
                            video_inputs)
     assert holitom[0] == plain[0]  # same graphs: the backend adds no break
     assert holitom[1] == holitom[0]  # a second generate() of the same shapes compiles nothing new

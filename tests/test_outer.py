@@ -136,3 +136,17 @@ def test_single_frame_video():
 def test_bad_input_gives_a_clear_error(features, saliency, match):
     with pytest.raises(ValueError, match=match):
         outer_merge(features, saliency, HoliTomConfig())
+
+
+@given(video_grids(max_frames=5, max_tokens=8), configs())
+def test_carried_features_follow_the_merge_without_steering_it(grid, cfg):
+    """Features carried along (Qwen3-VL's deepstack) are merged with the tokens' own weights: carrying a
+    copy of the features reproduces the tokens, and the tokens do not change."""
+    features, saliency = grid
+    plain = outer_merge(features, saliency, cfg)
+    carried_noise = torch.randn(*features.shape[:2], 3, generator=torch.Generator().manual_seed(0))
+    out = outer_merge(features, saliency, cfg, carried=torch.cat([features, carried_noise], -1))
+    assert plain.carried is None
+    assert torch.equal(out.tokens, plain.tokens) and torch.equal(out.positions, plain.positions)
+    torch.testing.assert_close(out.carried[:, :features.shape[-1]], out.tokens, rtol=1e-5, atol=1e-5)
+    assert out.carried.shape == (out.tokens.shape[0], features.shape[-1] + 3)

@@ -46,11 +46,14 @@ class OuterMergeResult:
         positions: LongTensor[M], flat index ``t*N + n`` of each token's representative
             (the cluster centre, or for a static token the first frame of its window).
         segmentation: the temporal windows (static shapes); ``segments`` lists them.
+        carried: ``[M, C]``: the ``carried`` features merged with the very weights of ``tokens``
+            (None when none were given).
     """
 
     tokens: torch.Tensor
     positions: torch.Tensor
     segmentation: Segmentation
+    carried: torch.Tensor | None = None
 
     @property
     def segments(self) -> torch.Tensor:
@@ -93,10 +96,13 @@ def _apportion_exact(group: torch.Tensor, rank: torch.Tensor, quota: torch.Tenso
     return torch.zeros(num_groups, dtype=torch.long, device=group.device).scatter_add(0, group, chosen)
 
 
-def outer_merge(features: torch.Tensor, saliency: torch.Tensor, config: HoliTomConfig) -> OuterMergeResult:
+def outer_merge(features: torch.Tensor, saliency: torch.Tensor, config: HoliTomConfig,
+                carried: torch.Tensor | None = None) -> OuterMergeResult:
     """Merge the ``[T, N, E]`` frame-grid features of one video (spec steps 1-10).
 
     ``saliency[T, N]`` ranks dynamic tokens (attention received in the vision encoder).
+    ``carried[T, N, C]``: other per-token features that must follow the merge without steering
+    it (Qwen3-VL's deepstack features): window means and cluster merges use the same weights.
     Runs under ``torch.compile(fullgraph=True)`` with ``budget="exact"``; the reference
     budget's output size depends on the data and is computed eagerly (one sync).
     Raises ``ValueError`` on bad shapes, an empty grid, or (eagerly) non-finite input;
@@ -117,6 +123,11 @@ def outer_merge(features: torch.Tensor, saliency: torch.Tensor, config: HoliTomC
 
     same_window = segmentation.segment_id[:, None] == segmentation.segment_id[None, :]
     averaging = same_window.to(x.dtype) / same_window.sum(1, keepdim=True)  # [T, T]: window mean
+    if carried is not None:
+        if carried.shape[:2] != features.shape[:2]:
+            raise ValueError(f"outer_merge: carried must be [T, N, C] = {tuple(features.shape[:2])} + [C], "
+                             f"got {tuple(carried.shape)}")
+        x = torch.cat([x, carried.float()], -1)  # merged alike; similarity and distance read features only
     window_mean = (averaging @ x.reshape(num_frames, -1)).view_as(x)
     units = torch.where(representative[..., None], window_mean, x)
 
@@ -148,7 +159,7 @@ def outer_merge(features: torch.Tensor, saliency: torch.Tensor, config: HoliTomC
     in_pool = ~absorbed & ~is_dominant & (clusters > 0)
 
     is_centre, target = dpc_knn_centres(
-        pairwise_distance(units), group, in_pool, clusters, config.knn, num_groups)
+        pairwise_distance(units[..., :dim]), group, in_pool, clusters, config.knn, num_groups)
     merged = merge_into_centres(units, in_pool & ~is_centre, target, config.beta)
 
     # Output order (step 10): frame, then static / dominant / contextual, then position.
@@ -157,5 +168,7 @@ def outer_merge(features: torch.Tensor, saliency: torch.Tensor, config: HoliTomC
     order_key = frames[:, None] * (3 * num_tokens) + token_class * num_tokens + position
     order_key = torch.where(is_dominant | is_centre, order_key, 3 * grid + order_key).flatten()
     chosen = torch.sort(order_key).indices[:total]
-    tokens = merged.reshape(grid, dim)[chosen].to(features.dtype)
-    return OuterMergeResult(tokens=tokens, positions=chosen, segmentation=segmentation)
+    merged = merged.reshape(grid, -1)[chosen]
+    tokens = merged[:, :dim].to(features.dtype)
+    kept_carried = merged[:, dim:].to(carried.dtype) if carried is not None else None
+    return OuterMergeResult(tokens=tokens, positions=chosen, segmentation=segmentation, carried=kept_carried)

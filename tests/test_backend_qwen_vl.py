@@ -1,0 +1,143 @@
+"""holitom_backend on unmodified tiny Qwen2-VL and Qwen2.5-VL: 3-D rotary positions (M-RoPE), flat
+visual features, two frames per temporal patch. The same checks as LLaVA-OneVision, from the layout
+record alone: the frame grid is read from the prompt's own (t, h, w) positions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from holitom_fx import HoliTomBackend, HoliTomConfig
+from holitom_fx.tiny import qwen_prompt, qwen_video_inputs, tiny_qwen_vl
+
+from . import reference_pipeline
+from .test_backend_llava_onevision import IDENTITY, MERGING, graph_count, greedy, greedy_with_first_logits
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+
+FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
+FRAMES, SIZE = 8, 56  # 4 temporal patches of 4 tokens (4x4 patches, merged 2x2)
+TOKENS = FRAMES // 2 * 4
+
+
+def compiled(family: str, cfg: HoliTomConfig):
+    model = tiny_qwen_vl(family)
+    backend = HoliTomBackend(cfg, compiler="eager").bind(model)
+    model.compile(backend=backend)
+    return model, backend
+
+
+def inputs_for(model, frames=FRAMES, size=SIZE, before=(1, 2, 3), seed=0):
+    return qwen_video_inputs(model, frames, size, list(before), [5, 6, 7, 8, 9], seed=seed)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_identity_at_full_retain_without_inner_stage(family):
+    model, backend = compiled(family, IDENTITY)
+    inputs = inputs_for(model)
+    tokens, logits = greedy_with_first_logits(model, inputs, 8)
+    expected_tokens, expected_logits = greedy_with_first_logits(tiny_qwen_vl(family), inputs, 8)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)
+    assert tokens == expected_tokens
+    report = backend.last_report
+    assert report.frames == FRAMES // 2  # temporal patches are the frames of the grid
+    assert report.tokens_in == report.tokens_after_outer == report.tokens_after_inner == TOKENS
+
+
+@pytest.mark.parametrize("cfg", [MERGING, HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off")],
+                         ids=["outer-inner", "outer-only"])
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_generate_matches_the_eager_reference_at_representative_positions(family, cfg):
+    """Every merged token at its representative's (t, h, w), text after the video at the model's own
+    positions, decoding after the prompt's last position: as the eager reference computes them."""
+    model, backend = compiled(family, cfg)
+    inputs = inputs_for(model)
+    expected_logits, expected_tokens = reference_pipeline.qwen_generate(tiny_qwen_vl(family), inputs, cfg, 12)
+    tokens, logits = greedy_with_first_logits(model, inputs, 12)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    assert tokens == [expected_tokens]
+    # The positions matter: the same merge renumbered contiguously gives other logits.
+    hidden, starts, span, _ = reference_pipeline.qwen_merged_embeds(tiny_qwen_vl(family), inputs, cfg)
+    renumbered = torch.arange(hidden.shape[1]).expand(3, 1, -1)
+    compact_logits, _ = reference_pipeline.run_decoder(tiny_qwen_vl(family), hidden, starts, span, renumbered,
+                                                       lambda step: renumbered[..., -1:] + 1 + step, cfg, 1)
+    assert not torch.allclose(compact_logits, expected_logits, atol=1e-3)
+
+    report = backend.last_report
+    assert (report.frames, report.tokens_in) == (FRAMES // 2, TOKENS)
+    assert report.tokens_after_outer == round(cfg.retain_ratio * TOKENS)
+    assert report.inner_layer == (3 if cfg.inner_enabled else None)
+    assert report.sequence_length[0] == inputs["input_ids"].shape[1]
+    assert backend.fallbacks == 0 and "masked_scatter" in report.boundary
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_batch_of_two_with_left_padding_equals_each_row_alone(family):
+    cfg = HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off")
+    model, backend = compiled(family, cfg)
+    short, long = inputs_for(model, seed=0), inputs_for(model, before=(1, 2, 3, 4, 5), seed=1)
+    pad = long["input_ids"].shape[1] - short["input_ids"].shape[1]
+
+    def left_pad(x):
+        return torch.cat([torch.zeros(1, pad, dtype=x.dtype), x], 1)
+
+    batch = dict(input_ids=torch.cat([left_pad(short["input_ids"]), long["input_ids"]]),
+                 attention_mask=torch.cat([left_pad(short["attention_mask"]), long["attention_mask"]]),
+                 mm_token_type_ids=torch.cat([left_pad(short["mm_token_type_ids"]), long["mm_token_type_ids"]]),
+                 pixel_values_videos=torch.cat([short["pixel_values_videos"], long["pixel_values_videos"]]),
+                 video_grid_thw=torch.cat([short["video_grid_thw"], long["video_grid_thw"]]))
+    together = greedy(model, batch, 8)
+    assert backend.last_report.batch == 2 and backend.fallbacks == 0
+    alone = []
+    for inputs in (short, long):
+        torch._dynamo.reset()
+        single, _ = compiled(family, cfg)
+        alone += greedy(single, inputs, 8)
+    assert together == alone
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_no_added_graph_breaks_and_no_recompilation(family):
+    plain = graph_count(lambda: tiny_qwen_vl(family), lambda m: (lambda gm, _: gm.forward), inputs_for,
+                        vision_tower=None)
+    holitom = graph_count(lambda: tiny_qwen_vl(family), lambda m: HoliTomBackend(MERGING, compiler="eager").bind(m),
+                          inputs_for, vision_tower=None)
+    assert holitom[0] == plain[0]
+    assert holitom[1] == holitom[0]
+
+
+@torch.no_grad()
+def test_another_grid_with_the_same_token_count_gets_its_own_rewrite():
+    """4 temporal patches of 2x2 tokens and 1 of 4x4 fill the same prompt: the grid is re-read per call."""
+    cfg = HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off")
+    model, backend = compiled("qwen2_vl", cfg)
+    for frames, size in ((8, 56), (2, 112)):
+        inputs = inputs_for(model, frames=frames, size=size)
+        assert inputs["input_ids"].shape[1] == 26
+        expected_logits, expected_tokens = reference_pipeline.qwen_generate(tiny_qwen_vl("qwen2_vl"), inputs, cfg, 8)
+        tokens, logits = greedy_with_first_logits(model, inputs, 8)
+        torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+        assert tokens == [expected_tokens] and backend.last_report.frames == frames // 2
+    assert backend.fallbacks == 0
+
+
+@pytest.mark.parametrize("parts, videos", [
+    ([[1, 2], ("image", 56), [3], ("video", FRAMES, SIZE), [5, 6, 7]], 1),
+    ([[1, 2], ("video", FRAMES, SIZE), [3, 4], ("video", FRAMES, SIZE), [5, 6, 7]], 2),
+], ids=["image-and-video", "two-videos"])
+@torch.no_grad()
+def test_mixed_prompts_merge_each_video_on_its_own_and_leave_images(parts, videos):
+    model, backend = compiled("qwen2_vl", MERGING)
+    inputs = qwen_prompt(model, parts)
+    expected_logits, expected_tokens = reference_pipeline.qwen_generate(tiny_qwen_vl("qwen2_vl"), inputs, MERGING, 12)
+    tokens, logits = greedy_with_first_logits(model, inputs, 12)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    assert tokens == [expected_tokens]
+    report = backend.last_report
+    assert (report.videos, report.tokens_in) == (videos, videos * TOKENS)
+    assert report.tokens_after_outer == videos * round(MERGING.retain_ratio * TOKENS)
+    assert len(report.segments) == videos and backend.fallbacks == 0
