@@ -123,13 +123,16 @@ def outer_merge(features: torch.Tensor, saliency: torch.Tensor, config: HoliTomC
 
     same_window = segmentation.segment_id[:, None] == segmentation.segment_id[None, :]
     averaging = same_window.to(x.dtype) / same_window.sum(1, keepdim=True)  # [T, T]: window mean
-    if carried is not None:
-        if carried.shape[:2] != features.shape[:2]:
-            raise ValueError(f"outer_merge: carried must be [T, N, C] = {tuple(features.shape[:2])} + [C], "
-                             f"got {tuple(carried.shape)}")
-        x = torch.cat([x, carried.float()], -1)  # merged alike; similarity and distance read features only
-    window_mean = (averaging @ x.reshape(num_frames, -1)).view_as(x)
-    units = torch.where(representative[..., None], window_mean, x)
+    if carried is not None and carried.shape[:2] != features.shape[:2]:
+        raise ValueError(f"outer_merge: carried must be [T, N, C] = {tuple(features.shape[:2])} + [C], "
+                         f"got {tuple(carried.shape)}")
+
+    def window_units(values: torch.Tensor) -> torch.Tensor:
+        """Static representatives carry their window's mean, every other token itself."""
+        window_mean = (averaging @ values.reshape(num_frames, -1)).view_as(values)
+        return torch.where(representative[..., None], window_mean, values)
+
+    units = window_units(x)
 
     absorbed_group = 2 * num_frames
     num_groups = absorbed_group + 1
@@ -159,7 +162,7 @@ def outer_merge(features: torch.Tensor, saliency: torch.Tensor, config: HoliTomC
     in_pool = ~absorbed & ~is_dominant & (clusters > 0)
 
     is_centre, target = dpc_knn_centres(
-        pairwise_distance(units[..., :dim]), group, in_pool, clusters, config.knn, num_groups)
+        pairwise_distance(units), group, in_pool, clusters, config.knn, num_groups)
     merged = merge_into_centres(units, in_pool & ~is_centre, target, config.beta)
 
     # Output order (step 10): frame, then static / dominant / contextual, then position.
@@ -168,7 +171,9 @@ def outer_merge(features: torch.Tensor, saliency: torch.Tensor, config: HoliTomC
     order_key = frames[:, None] * (3 * num_tokens) + token_class * num_tokens + position
     order_key = torch.where(is_dominant | is_centre, order_key, 3 * grid + order_key).flatten()
     chosen = torch.sort(order_key).indices[:total]
-    merged = merged.reshape(grid, -1)[chosen]
-    tokens = merged[:, :dim].to(features.dtype)
-    kept_carried = merged[:, dim:].to(carried.dtype) if carried is not None else None
+    tokens = merged.reshape(grid, dim)[chosen].to(features.dtype)
+    kept_carried = None
+    if carried is not None:  # the same weights, applied apart so the tokens stay bit-identical
+        carried_merged = merge_into_centres(window_units(carried.float()), in_pool & ~is_centre, target, config.beta)
+        kept_carried = carried_merged.reshape(grid, -1)[chosen].to(carried.dtype)
     return OuterMergeResult(tokens=tokens, positions=chosen, segmentation=segmentation, carried=kept_carried)
