@@ -288,8 +288,8 @@ def holitom_nodes(model: torch.nn.Module, config: HoliTomConfig, frames: int, le
 
 def _merge_nodes(embeds, mask, video, frames, per_frame, pass_through, config_fields, saliency, valid, query, key,
                  scale, merged, cos, sin, inner, inner_ratio):
-    spliced, _, span_start, _ = outer_stage(embeds, mask, video, frames, per_frame, pass_through, config_fields,
-                                            saliency, valid)
+    spliced, _, span_start, _, _ = outer_stage(embeds, mask, video, frames, per_frame, pass_through, config_fields,
+                                               saliency, valid)
     if not inner:
         return spliced
     hidden, keep = inner_stage(spliced, query, key, None, scale, span_start, merged, inner_ratio)

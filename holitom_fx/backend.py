@@ -174,7 +174,7 @@ class HoliTomBackend:
         if ctx.video is not None:
             record.boundary = ctx.video.scatter.format_node()
         elif not ctx.extra_inputs and not ctx.exported_saliency:  # said once per call: at its language-model graph
-            log.log(logging.INFO if _is_prefill(gm.graph, ctx) else logging.DEBUG,
+            log.log(logging.INFO if _is_prefill(gm.graph, ctx) or has_video_scatter(gm.graph, ctx) else logging.DEBUG,
                     "HoliTom did nothing on a graph of %d nodes: %s", record.nodes, "; ".join(ctx.notes) or "-")
         device = next((x.device for x in example_inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
         placeholders = [ctx.runtime_input(name).to(device) for name in ctx.extra_inputs]
@@ -337,9 +337,12 @@ def compile(model: torch.nn.Module, config: HoliTomConfig | None = None, **compi
     (the layout record's ``vision_tower`` submodule) is compiled too: its graph computes the
     saliency from the encoder's own q/k and hands it to the merged prefill. Sets
     ``torch._dynamo.config.capture_scalar_outputs`` so transformers' placeholder check
-    (``.item()``) does not split the forward, then ``module.compile`` (``compile_kwargs`` go there).
+    (``.item()``) does not split the forward, and ``capture_dynamic_output_shape_ops`` so a
+    boolean-mask index (Qwen3-VL's deepstack) does not split the boundary from the decoder; then
+    ``module.compile`` (``compile_kwargs`` go there).
     """
     torch._dynamo.config.capture_scalar_outputs = True
+    torch._dynamo.config.capture_dynamic_output_shape_ops = True
     backend = HoliTomBackend(config).bind(model)
     layout = layout_for(model.config)
     if layout is not None and layout.vision_tower:

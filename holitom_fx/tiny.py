@@ -137,12 +137,17 @@ def _qwen_patches(model, clip: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     return patches, [t, side, side]
 
 
-def qwen_prompt(model, parts: list, seed: int = 0) -> dict[str, torch.Tensor]:
+def qwen_prompt(model, parts: list, seed: int = 0, timestamp_token: int = 9) -> dict[str, torch.Tensor]:
     """Inputs of a Qwen2-VL-family model for one prompt of ``parts``, in order: lists of text token ids,
     ``("video", frames, size)`` clips and ``("image", size)`` still images (a frame repeated over one
     temporal patch), each wrapped in vision start/end tokens; ``mm_token_type_ids`` 1 for image and 2
-    for video placeholders, as the processor marks them."""
+    for video placeholders, as the processor marks them. Where the layout record says frames are spans
+    of their own (Qwen3-VL), each temporal patch of a video gets its own start/end tokens after a
+    ``timestamp_token`` (the processor writes ``<t seconds>`` there)."""
+    from .archs import layout_for
+
     config = model.config
+    frame_spans = layout_for(config).frame_spans
     merge = config.vision_config.spatial_merge_size
     ids, kinds, media = [], [], {"image": ([], []), "video": ([], [])}
     for index, part in enumerate(parts):
@@ -160,8 +165,11 @@ def qwen_prompt(model, parts: list, seed: int = 0) -> dict[str, torch.Tensor]:
         media[kind][1].append(grid)
         count = grid[0] * grid[1] * grid[2] // merge ** 2
         token = config.video_token_id if kind == "video" else config.image_token_id
-        ids += [config.vision_start_token_id] + [token] * count + [config.vision_end_token_id]
-        kinds += [0] + [2 if kind == "video" else 1] * count + [0]
+        spans = grid[0] if kind == "video" and frame_spans else 1
+        for _ in range(spans):
+            stamp = [timestamp_token] if kind == "video" and frame_spans else []
+            ids += stamp + [config.vision_start_token_id] + [token] * (count // spans) + [config.vision_end_token_id]
+            kinds += [0] * len(stamp) + [0] + [2 if kind == "video" else 1] * (count // spans) + [0]
     inputs = dict(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                   mm_token_type_ids=torch.tensor([kinds]))
     for kind, key in (("video", "pixel_values_videos"), ("image", "pixel_values")):

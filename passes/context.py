@@ -57,6 +57,7 @@ class VideoSite:
     last_inserted: fx.Node
     videos: int = 1  # video spans per row, each merged on its own
     grid_check: GridCheck | None = None  # the grid came from the prompt's positions: re-checked per call
+    frame_spans: bool = False  # the video's frames are spans of their own: its merged tokens are not one span
 
     @property
     def tokens_in(self) -> int:

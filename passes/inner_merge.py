@@ -36,6 +36,9 @@ class InnerMergePass:
         layer = ctx.config.resolve_inner_layer(depth)
         if layer is None:
             return 0
+        if ctx.video.frame_spans:
+            ctx.notes.append("inner stage skipped: the merged video is spread over its frames' spans, not one span")
+            return 0
         if ctx.video.batch > 1:
             # Layers K.. would keep shorter caches than layers < K; transformers builds one decode
             # mask from layer 0's cache length, which cannot mask a padded batch's shorter caches.

@@ -37,7 +37,10 @@ class PassManager:
         if any(counts.values()):
             gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output") or n.is_impure()
                                        or n.meta.get("holitom_side_effect", False))
-            gm.graph.lint()
+            try:
+                gm.graph.lint()
+            except RuntimeError as err:  # a pass left the graph ill-formed: never compile that
+                raise RewriteError(f"rewritten graph is ill-formed: {err}") from err
             gm.recompile()
             self._propagate_shapes(gm, example_inputs)
         return counts
@@ -50,6 +53,8 @@ class PassManager:
             if fake_mode is None:
                 propagate_fresh(gm, inputs)
             else:
+                for node in gm.graph.nodes:  # a rewritten graph binds fresh unbacked symbols (sizes changed)
+                    node.meta.pop("unbacked_bindings", None)
                 fakes = [fake_mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x
                          for x in inputs]
                 FakeTensorProp(gm, fake_mode).propagate_dont_convert_inputs(*fakes)

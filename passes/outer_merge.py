@@ -17,6 +17,7 @@ from .vision_saliency import insert_pooling
 from .context import (SALIENCY, SALIENCY_VALID, WINDOW_END, GridCheck, GraphContext, RewriteError, VideoSite,
                       is_weight, mark_inserted, shape_of, tensor_of)
 from .frame_grid import GridError, rope_frame_grid
+from .module_stack import decoder_layer
 
 def has_video_scatter(graph: fx.Graph, ctx: GraphContext) -> bool:
     """Whether the graph places video features (the outer pass would rewrite it)."""
@@ -67,6 +68,14 @@ class OuterMergePass:
             ctx.notes.append("no video tokens scattered in this graph")
             return 0
         scatter, sequence, mask, features = boundary.anchor, boundary.sequence, boundary.mask, boundary.features
+        nodes = list(graph.nodes)
+        if not any(decoder_layer(n, ctx.vision_classes) is not None for n in nodes[nodes.index(scatter):]):
+            # A graph break right after the boundary: later graphs would read a shortened sequence next to
+            # the model's own full-length positions and masks.
+            ctx.notes.append("no decoder layer runs in the graph that scatters the video (a graph break after "
+                             "the boundary); for Qwen3-VL set torch._dynamo.config.capture_dynamic_output_shape_ops"
+                             " (holitom_fx.compile does)")
+            return 0
         if shape_of(sequence) is None or len(shape_of(sequence)) != 3 or shape_of(features) is None:
             raise RewriteError(f"the sequence at {scatter.name} is not [B, L, E] with static shapes")
         length, dim = shape_of(sequence)[1:]
@@ -75,7 +84,11 @@ class OuterMergePass:
         if ctx.layout.rotary_axes == 3:
             grid_check = self._rope_grid(mask, token_id, batch, length)
             videos, frames, per_frame = grid_check.grid
-            pass_through, span = 0, row_span // grid_check.grid[0]
+            if ctx.layout.frame_spans:  # every span is one frame of the row's one video
+                if frames != 1:
+                    raise RewriteError(f"frame spans of {frames} frames each: expected one frame per span")
+                videos, frames = 1, videos
+            pass_through, span = 0, row_span // videos
             if span != frames * per_frame:
                 raise RewriteError(f"{row_span} video tokens per row are not {videos} videos of {frames} x {per_frame}")
         else:
@@ -87,17 +100,27 @@ class OuterMergePass:
                                "budget='exact' (use holitom_fx.ops.outer_merge eagerly for the reference)")
         merged = exact_budget(frames, per_frame, ctx.config.retain_ratio) + pass_through
         saliency = self._saliency(graph, features, (batch * videos * frames, per_frame))
+        carried = self._carried(scatter, features) if ctx.layout.carries_visual_features else []
 
         with graph.inserting_after(scatter):
             stage = mark_inserted(graph.call_function(
                 outer_stage, (sequence, mask, features, frames, per_frame, pass_through, astuple(ctx.config),
-                              *saliency), {"videos": videos}))
+                              *saliency), {"videos": videos, "frame_spans": ctx.layout.frame_spans,
+                                           "carried": tuple(carried)}))
+        order = {node: index for index, node in enumerate(graph.nodes)}
+        late = {a for node in carried for a in _ancestors(node) if order[a] > order[stage]}
+        for node in sorted(late, key=order.get):  # made after the boundary from what precedes it: moved up
+            stage.prepend(node)
         outputs = []
         previous = stage
-        for index in range(4):
+        for index in range(5):
             with graph.inserting_after(previous):
                 previous = mark_inserted(graph.call_function(operator.getitem, (stage, index)))
             outputs.append(previous)
+        for index, tensor in enumerate(carried):  # later reads see the carried features merged
+            with graph.inserting_after(previous):
+                previous = mark_inserted(graph.call_function(operator.getitem, (outputs[4], index)))
+            tensor.replace_all_uses_with(previous, delete_user_cb=lambda user: user is not stage)
         spliced = outputs[0]
         order = {node: index for index, node in enumerate(graph.nodes)}
         sequence.replace_all_uses_with(spliced, delete_user_cb=lambda user: user is not stage and (
@@ -112,8 +135,26 @@ class OuterMergePass:
             scatter=scatter, batch=batch, length=length, frames=frames, tokens_per_frame=per_frame,
             pass_through=pass_through, merged_tokens=merged, new_length=length - videos * (span - merged),
             source=outputs[1], span_start=outputs[2], window_end=outputs[3], last_inserted=previous, videos=videos,
-            grid_check=grid_check)
+            grid_check=grid_check, frame_spans=ctx.layout.frame_spans)
         return 1
+
+    @staticmethod
+    def _carried(scatter: fx.Node, features: fx.Node) -> list[fx.Node]:
+        """Tensors with one row per video feature, read after the boundary but not made from the features
+        (Qwen3-VL's deepstack features): merged along with them."""
+        order = {node: index for index, node in enumerate(scatter.graph.nodes)}
+        rows = shape_of(features)[0] if len(shape_of(features)) == 2 else None
+        found = []
+        for node in scatter.graph.nodes:
+            shape = shape_of(node)
+            if node is features or rows is None or shape is None or len(shape) != 2 or shape[0] != rows \
+                    or is_weight(node) or features in _ancestors(node):
+                continue
+            if any(order[user] > order[scatter] for user in node.users) and all(
+                    order[user] > order[scatter] for user in node.users):
+                found.append(node)
+        # the last step of each chain (a cat of per-video placeholders, not the placeholders too)
+        return [node for node in found if not any(node in _ancestors(other) for other in found if other is not node)]
 
     def _rope_grid(self, mask: fx.Node, token_id: int, batch: int, length: int) -> GridCheck:
         """The frame grid of an M-RoPE model, read from the real position ids of this call (``frame_grid``)."""

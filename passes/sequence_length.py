@@ -11,12 +11,15 @@ positions, so no gap is ever read as a sequence boundary.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx as fx
 
 from .context import GraphContext, RewriteError, is_weight, mark_inserted, shape_of
 
 _ROTARY_TARGETS = (torch.cos, torch.sin, "cos", "sin")
+_SCALAR_COMPARISONS = (operator.eq, operator.ne, operator.ge, operator.gt, operator.le, operator.lt)
 
 
 def _replace_int(value, old: int, new: int):
@@ -60,9 +63,55 @@ def _gather_positions(positions: torch.Tensor, source: torch.Tensor) -> torch.Te
     return positions.expand(*leading, *source.shape[:1], -1).gather(-1, source.expand(*leading, *source.shape))
 
 
+def _gather_tokens_of(values: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``values[b, source[b, j], ...]``: each token's value of the original token it stands for."""
+    index = source.reshape(*source.shape, *[1] * (values.dim() - 2)).expand(*source.shape, *values.shape[2:])
+    return values.gather(1, index)
+
+
 class SequenceLengthPass:
     def __init__(self, ctx: GraphContext):
         self.ctx = ctx
+
+    @staticmethod
+    def _resize_visual_count_checks(after: list[fx.Node], video) -> int:
+        """Dynamo's runtime asserts on a data-dependent size after the boundary (Qwen3-VL indexes the
+        hidden state with the visual mask: ``u1 == 32`` visual tokens) now hold for the merged count."""
+        old = video.batch * video.videos * (video.tokens_in + video.pass_through)
+        new = video.batch * video.videos * video.merged_tokens
+        rewrites = 0
+        for node in after:
+            if node.target in _SCALAR_COMPARISONS and any(
+                    isinstance(tensor, torch.SymInt) for tensor in (a.meta.get("val", a.meta.get("example_value"))
+                                                                    for a in node.all_input_nodes)):
+                args = _replace_int(node.args, old, new)
+                if args != node.args:
+                    node.args = args
+                    rewrites += 1
+        return rewrites
+
+    @staticmethod
+    def _gather_unchanged(graph: fx.Graph, after: list[fx.Node], resized: set[fx.Node], old: int, video) -> int:
+        """A ``[B, L, ...]`` tensor computed after the boundary from what precedes it alone (Qwen3-VL's
+        visual position mask, sliced from the video mask) still has the original length: every token
+        takes the value of the original token it stands for (``source``)."""
+        changed = set(resized)  # and whatever reads a rewritten node
+        rewrites = 0
+        for node in after:
+            if node in changed or node.meta.get("holitom") or node.op == "output" or any(
+                    a in changed or a.meta.get("holitom") for a in node.all_input_nodes):
+                changed.add(node)
+                continue
+            shape = shape_of(node)
+            if shape is None or len(shape) < 2 or shape[:2] != (video.batch, old) or is_weight(node) \
+                    or node.op == "placeholder":
+                continue
+            with graph.inserting_after(node):
+                gathered = mark_inserted(graph.call_function(_gather_tokens_of, (node, video.source)))
+            node.replace_all_uses_with(gathered, delete_user_cb=lambda user: user is not gathered)
+            changed.add(gathered)
+            rewrites += 1
+        return rewrites
 
     def __call__(self, graph: fx.Graph) -> int:
         video = self.ctx.video
@@ -74,6 +123,7 @@ class SequenceLengthPass:
         nodes = list(graph.nodes)
         after = nodes[nodes.index(video.last_inserted) + 1:]
         rewrites = 0
+        resized: set[fx.Node] = set()
         for node in after:
             if node.meta.get("holitom") or node.op == "output":
                 continue
@@ -81,6 +131,7 @@ class SequenceLengthPass:
             args, kwargs = _replace_int(node.args, old, new), _replace_int(node.kwargs, old, new)
             if args != node.args or kwargs != node.kwargs:
                 node.args, node.kwargs = args, kwargs
+                resized.add(node)
                 rewrites += 1
 
         after_set = set(after)
@@ -107,6 +158,8 @@ class SequenceLengthPass:
                 original_applied |= replacement is rotary
                 user.replace_input_with(placeholder, replacement)
                 rewrites += 1
+        rewrites += self._gather_unchanged(graph, after, resized, old, video)
+        rewrites += self._resize_visual_count_checks(after, video)
         if self.ctx.positions == "original" and not original_applied:
             raise RewriteError("positions='original' needs the position ids as a graph input (generate() passes "
                                "them); this graph derives them internally")

@@ -20,8 +20,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture
 def fresh_dynamo():
-    """A clean Dynamo around a test, with scalar outputs captured (transformers' placeholder check)."""
+    """A clean Dynamo around a test, with scalar outputs captured (transformers' placeholder check) and
+    Dynamo's other settings as they were after it (``holitom_fx.compile`` sets some)."""
     torch._dynamo.reset()
-    torch._dynamo.config.capture_scalar_outputs = True
-    yield
+    with torch._dynamo.config.patch(capture_scalar_outputs=True, capture_dynamic_output_shape_ops=False):
+        yield
     torch._dynamo.reset()

@@ -17,7 +17,8 @@ from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from holitom_fx import HoliTomConfig
-from holitom_fx.ops import feature_saliency, outer_merge, splice_span
+from holitom_fx.archs import layout_for
+from holitom_fx.ops import feature_saliency, outer_merge, place_by_frame, splice_span
 
 from . import reference_holitom as ref
 
@@ -139,18 +140,56 @@ def qwen_merged_embeds(model, inputs, cfg: HoliTomConfig):
     return embeds, starts, merged, positions.gather(-1, original.expand(3, *original.shape))
 
 
+def qwen3_merged_embeds(model, inputs, cfg: HoliTomConfig):
+    """(inputs_embeds after the outer merge, positions [3, 1, L'], the merged visual mask [1, L'], the
+    deepstack features merged alike) of a Qwen3-VL model, batch 1, one video whose temporal patches are
+    spans of their own: merged as one grid, each merged token placed in its representative's frame span."""
+    inner = model.model
+    input_ids = inputs["input_ids"]
+    out = inner.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                   video_grid_thw=inputs["video_grid_thw"])
+    features = torch.cat(out.pooler_output)
+    deepstack = [torch.cat(layer) for layer in out.deepstack_features]
+    mask = input_ids == model.config.video_token_id
+    embeds = inner.get_input_embeddings()(input_ids).masked_scatter(mask[..., None], features)
+    positions, _ = inner.get_rope_index(input_ids, mm_token_type_ids=inputs["mm_token_type_ids"],
+                                        video_grid_thw=inputs["video_grid_thw"],
+                                        attention_mask=inputs["attention_mask"])
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    per_frame = h * w // model.config.vision_config.spatial_merge_size ** 2
+    grid = features.reshape(t, per_frame, -1)
+    carried = torch.cat(deepstack, -1).reshape(t, per_frame, -1)
+    merged = outer_merge(grid, feature_saliency(grid), cfg, carried=carried)
+    hidden, source = place_by_frame(embeds, mask, merged.tokens[None], merged.positions[None], t, per_frame)
+    merged_deepstack = merged.carried.split([d.shape[-1] for d in deepstack], -1)
+    return hidden, positions.gather(-1, source.expand(3, *source.shape)), mask.gather(1, source), merged_deepstack
+
+
 @torch.no_grad()
 def qwen_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int):
-    """The same for a Qwen2-VL-family model: decoding continues after the prompt's last (t, h, w)."""
+    """The same for a Qwen2-VL-family model: decoding continues after the prompt's last (t, h, w).
+    Qwen3-VL (frames as spans, deepstack features added after its first layers) without the inner stage."""
+    if layout_for(model.config).frame_spans:
+        hidden, positions, visual, deepstack = qwen3_merged_embeds(model, inputs, cfg)
+        lm = model.model.language_model
+
+        def after_layer(index, states):
+            return lm._deepstack_process(states, visual, deepstack[index]) if index < len(deepstack) else states
+
+        last = positions[..., -1:]
+        return run_decoder(model, hidden, [], 0, positions, lambda step: last + 1 + step, cfg, new_tokens,
+                           after_layer=after_layer)
     hidden, starts, span, positions = qwen_merged_embeds(model, inputs, cfg)
     last = positions[..., -1:]
     return run_decoder(model, hidden, starts, span, positions, lambda step: last + 1 + step, cfg, new_tokens)
 
 
-def run_decoder(model, hidden, starts, span, positions, decode_position, cfg: HoliTomConfig, new_tokens: int):
+def run_decoder(model, hidden, starts, span, positions, decode_position, cfg: HoliTomConfig, new_tokens: int,
+                after_layer=lambda index, hidden: hidden):
     """The model's own decoder layers, one by one, on merged embeddings at ``positions``; the inner
-    merge at layer K by the loop reference; greedy decoding on the per-layer caches at
-    ``decode_position(step)``. Returns (prefill logits of the last position, greedy tokens)."""
+    merge at layer K by the loop reference; ``after_layer(index, hidden)`` after each prefill layer;
+    greedy decoding on the per-layer caches at ``decode_position(step)``. Returns (prefill logits of
+    the last position, greedy tokens)."""
     lm = model.model.language_model
     layer_k = cfg.resolve_inner_layer(len(lm.layers))
     cos, sin = lm.rotary_emb(hidden, positions)
@@ -165,8 +204,8 @@ def run_decoder(model, hidden, starts, span, positions, decode_position, cfg: Ho
                 attention, keep = attention[:, keeps[0]], keep[keeps[0]]
             cos, sin = cos[:, keep], sin[:, keep]
         previous_input = hidden
-        hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), past_key_values=cache,
-                       use_cache=True, position_ids=None)
+        hidden = after_layer(index, layer(hidden, attention_mask=None, position_embeddings=(cos, sin),
+                                          past_key_values=cache, use_cache=True, position_ids=None))
     logits = model.lm_head(lm.norm(hidden[:, -1:]))[:, 0]
     tokens = [int(logits.argmax(-1))]
     for step in range(new_tokens - 1):

@@ -1,6 +1,9 @@
-"""holitom_backend on unmodified tiny Qwen2-VL and Qwen2.5-VL: 3-D rotary positions (M-RoPE), flat
-visual features, two frames per temporal patch. The same checks as LLaVA-OneVision, from the layout
-record alone: the frame grid is read from the prompt's own (t, h, w) positions."""
+"""holitom_backend on unmodified tiny Qwen2-VL, Qwen2.5-VL and Qwen3-VL: 3-D rotary positions (M-RoPE),
+flat visual features, two frames per temporal patch. The same checks as LLaVA-OneVision, from the layout
+records alone: the frame grid is read from the prompt's own (t, h, w) positions. Qwen3-VL puts each
+temporal patch in a span of its own (a timestamp before it) and adds deepstack features to its first
+decoder layers; its boolean-mask index needs ``capture_dynamic_output_shape_ops`` (as holitom_fx.compile
+sets) to keep the boundary and the decoder in one graph."""
 
 from __future__ import annotations
 
@@ -13,9 +16,14 @@ from holitom_fx.tiny import qwen_prompt, qwen_video_inputs, tiny_qwen_vl
 from . import reference_pipeline
 from .test_backend_llava_onevision import IDENTITY, MERGING, graph_count, greedy, greedy_with_first_logits
 
-pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+pytestmark = pytest.mark.usefixtures("fresh_dynamo", "capture_mask_indexing")
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+
+
+@pytest.fixture
+def capture_mask_indexing():
+    torch._dynamo.config.capture_dynamic_output_shape_ops = True  # restored by fresh_dynamo
 FRAMES, SIZE = 8, 56  # 4 temporal patches of 4 tokens (4x4 patches, merged 2x2)
 TOKENS = FRAMES // 2 * 4
 
@@ -58,19 +66,66 @@ def test_generate_matches_the_eager_reference_at_representative_positions(family
     tokens, logits = greedy_with_first_logits(model, inputs, 12)
     torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
     assert tokens == [expected_tokens]
-    # The positions matter: the same merge renumbered contiguously gives other logits.
-    hidden, starts, span, _ = reference_pipeline.qwen_merged_embeds(tiny_qwen_vl(family), inputs, cfg)
-    renumbered = torch.arange(hidden.shape[1]).expand(3, 1, -1)
-    compact_logits, _ = reference_pipeline.run_decoder(tiny_qwen_vl(family), hidden, starts, span, renumbered,
-                                                       lambda step: renumbered[..., -1:] + 1 + step, cfg, 1)
-    assert not torch.allclose(compact_logits, expected_logits, atol=1e-3)
-
     report = backend.last_report
     assert (report.frames, report.tokens_in) == (FRAMES // 2, TOKENS)
     assert report.tokens_after_outer == round(cfg.retain_ratio * TOKENS)
-    assert report.inner_layer == (3 if cfg.inner_enabled else None)
+    # Qwen3-VL's merged video lies in its frames' spans, not one span: no inner stage (said in the notes)
+    inner = cfg.inner_enabled and family != "qwen3_vl"
+    assert report.inner_layer == (3 if inner else None)
+    assert inner or not cfg.inner_enabled or any("inner stage skipped" in n for g in backend.graphs for n in g.notes)
     assert report.sequence_length[0] == inputs["input_ids"].shape[1]
     assert backend.fallbacks == 0 and "masked_scatter" in report.boundary
+
+
+@torch.no_grad()
+def test_positions_matter_the_same_merge_renumbered_gives_other_logits():
+    cfg = MERGING
+    inputs = inputs_for(tiny_qwen_vl("qwen2_vl"))
+    expected_logits, _ = reference_pipeline.qwen_generate(tiny_qwen_vl("qwen2_vl"), inputs, cfg, 1)
+    hidden, starts, span, _ = reference_pipeline.qwen_merged_embeds(tiny_qwen_vl("qwen2_vl"), inputs, cfg)
+    renumbered = torch.arange(hidden.shape[1]).expand(3, 1, -1)
+    compact_logits, _ = reference_pipeline.run_decoder(tiny_qwen_vl("qwen2_vl"), hidden, starts, span, renumbered,
+                                                       lambda step: renumbered[..., -1:] + 1 + step, cfg, 1)
+    assert not torch.allclose(compact_logits, expected_logits, atol=1e-3)
+
+
+@torch.no_grad()
+def test_qwen3_deepstack_features_are_merged_with_the_tokens():
+    """The deepstack features follow the merge: adding the first rows of the unmerged ones instead
+    changes the logits, so the compiled path's equality above covers them."""
+    cfg = HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off")
+    model = tiny_qwen_vl("qwen3_vl")
+    inputs = inputs_for(model)
+    hidden, positions, visual, deepstack = reference_pipeline.qwen3_merged_embeds(model, inputs, cfg)
+    assert visual.sum() == round(cfg.retain_ratio * TOKENS) and deepstack[0].shape[0] == visual.sum()
+    expected_logits, _ = reference_pipeline.qwen_generate(model, inputs, cfg, 1)
+    unmerged = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                              video_grid_thw=inputs["video_grid_thw"]).deepstack_features
+    kept = int(visual.sum())
+    lm = model.model.language_model
+
+    def unmerged_deepstack(index, states):
+        return lm._deepstack_process(states, visual, torch.cat(unmerged[index])[:kept]) if index < len(unmerged) \
+            else states
+
+    other, _ = reference_pipeline.run_decoder(model, hidden, [], 0, positions, lambda step: positions[..., -1:] + 1,
+                                              cfg, 1, after_layer=unmerged_deepstack)
+    assert not torch.allclose(other, expected_logits, atol=1e-3)
+
+
+@torch.no_grad()
+def test_qwen3_without_mask_index_capture_passes_through_and_says_why(caplog):
+    """A graph break after the boundary (Qwen3-VL's deepstack mask index, uncaptured): merging there
+    would hand later graphs a shortened sequence next to full-length positions, so nothing is merged."""
+    torch._dynamo.config.capture_dynamic_output_shape_ops = False
+    model, backend = compiled("qwen3_vl", MERGING)
+    inputs = inputs_for(model)
+    with caplog.at_level("INFO", logger="holitom_fx"):
+        tokens, logits = greedy_with_first_logits(model, inputs, 4)
+    expected_tokens, expected_logits = greedy_with_first_logits(tiny_qwen_vl("qwen3_vl"), inputs, 4)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)
+    assert tokens == expected_tokens and backend.last_report is None
+    assert any("no decoder layer runs in the graph that scatters the video" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

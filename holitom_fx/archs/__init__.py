@@ -44,6 +44,12 @@ class VideoLayout:
     # frames are then the runs of equal temporal position in its span (read from the prompt's positions,
     # no pooling to know), and every merged token keeps its representative's (t, h, w) (the spec's rule).
     rotary_axes: int = 1
+    # Each frame of a video is a placeholder span of its own (Qwen3-VL: a timestamp before each frame): all
+    # video spans of a row are then one video, and each merged token goes to its representative's frame.
+    frame_spans: bool = False
+    # The decoder re-adds per-video-token features at the visual positions (Qwen3-VL's deepstack): tensors
+    # with one row per video token read after the boundary are merged with the features' own weights.
+    carries_visual_features: bool = False
 
     def video_token_id(self, config: Any) -> int | None:
         for attr in self.video_token_attrs:
@@ -99,6 +105,11 @@ LAYOUTS: tuple[VideoLayout, ...] = (
     # is read there: the feature-norm fallback ranks dynamic tokens (vision_tower="" compiles nothing apart).
     VideoLayout(model_types=("qwen2_vl", "qwen2_5_vl"), tokens_per_frame=None, pass_through_tokens=0,
                 video_token_attrs=("video_token_id",), vision_tower="", rotary_axes=3),
+    # Qwen3-VL: as Qwen2-VL, with a timestamp before each frame's span and deepstack features added to the
+    # first decoder layers' visual positions.
+    VideoLayout(model_types=("qwen3_vl",), tokens_per_frame=None, pass_through_tokens=0,
+                video_token_attrs=("video_token_id",), vision_tower="", rotary_axes=3, frame_spans=True,
+                carries_visual_features=True),
     VideoLayout(model_types=("llava_next_video",), tokens_per_frame=_strided_patch_grid, pass_through_tokens=0,
                 saliency_layer=_selected_hidden_state_layer, saliency_grid=_llava_next_video_saliency_grid),
 )

@@ -5,6 +5,45 @@ from __future__ import annotations
 import torch
 
 
+def place_by_frame(
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    merged: torch.Tensor,
+    merged_source: torch.Tensor,
+    frames: int,
+    tokens_per_frame: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace the ``V = frames * tokens_per_frame`` video tokens of each row, wherever they lie, by
+    ``merged[b]``: each merged token goes where its representative's frame starts, in ``merged`` order
+    within a frame (static shapes, no sync).
+
+    For videos whose frames are spans of their own (Qwen3-VL puts a timestamp before each frame):
+    the merged tokens of a frame stay inside that frame's span. On one contiguous span it places
+    exactly as ``splice_span``.
+
+    Args:
+        embeds: ``[B, L, E]`` sequence; ``mask [B, L]`` marks its V video tokens per row.
+        merged: ``[B, K, E]``, frame-major (a frame's tokens after an earlier frame's).
+        merged_source: LongTensor[B, K], grid index ``t*N + n`` (the ``t*N + n``-th video token).
+
+    Returns ``(placed[B, L - V + K, E], source[B, L - V + K])`` as ``splice_span``.
+    """
+    batch, length, dim = embeds.shape
+    kept, video_tokens = merged.shape[1], frames * tokens_per_frame
+    # Video token indices first, then the text's, each in sequence order (a stable sort).
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+    video, text = order[:, :video_tokens], order[:, video_tokens:]
+    frame_start = video.gather(1, merged_source // tokens_per_frame * tokens_per_frame)
+    # Text keeps its index; a merged token sorts at its frame's start, after the text before it.
+    rank = torch.arange(1, kept + 1, device=embeds.device).expand(batch, kept)
+    keys = torch.cat([text * (kept + 1), frame_start * (kept + 1) + rank], 1)
+    placement = torch.sort(keys, dim=1).indices
+    values = torch.cat([embeds.gather(1, text[..., None].expand(-1, -1, dim)), merged], 1)
+    placed = values.gather(1, placement[..., None].expand(-1, -1, dim))
+    source = torch.cat([text, video.gather(1, merged_source)], 1).gather(1, placement)
+    return placed, source
+
+
 def splice_span(
     embeds: torch.Tensor,
     span_start: torch.Tensor,
