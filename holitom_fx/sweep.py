@@ -8,13 +8,14 @@ auto mappings), the sweep builds a tiny random-weight instance from the class's 
 sub-config shrunk generically: widths, depths, heads, vocabulary; special token ids remapped into the
 small vocabulary), builds a video prompt (pixel values in the layout the vision tower takes, the number
 of video placeholders learned from the model's own ``get_video_features``), compiles it with
-``HoliTomBackend(HoliTomConfig(retain_ratio=0.5, tau=0.8), compiler="eager").bind(model)`` and runs one
-plain ``model(**inputs)``. Status per class:
+``HoliTomBackend(HoliTomConfig(retain_ratio=0.5, tau=0.8), compiler="eager").bind(model)`` (Dynamo set
+as ``holitom_fx.compile`` sets it) and runs a two-token greedy ``generate()``, the path users take.
+Status per class:
 
-* ``applied``: HoliTom merged (``backend.last_report`` set); token counts and whether the logits have
-  the shortened length;
-* ``passed through``: ran, HoliTom did nothing; the reason from the backend's graph records; the logits
-  are compared with the uncompiled model's;
+* ``applied``: HoliTom merged (``backend.last_report`` set); token counts and whether the prefill ran
+  on the shortened sequence;
+* ``passed through``: ran, HoliTom did nothing; the reason from the backend's graph records; the
+  prefill's last logits are compared with the uncompiled model's;
 * ``failed``: an exception; re-run with a plain pass-through backend tells whether the model fails under
   ``torch.compile`` by itself or HoliTom's code raised (``ours``);
 * ``not built``: no tiny instance or no video inputs could be made (reason given).
@@ -78,7 +79,7 @@ class SweepResult:
     reason: str = ""
     tokens: str = ""  # visual tokens in -> after outer -> after inner
     sequence: str = ""  # sequence in -> after outer -> after inner
-    shortened_logits: bool | None = None  # applied: logits have the merged length
+    shortened_prefill: bool | None = None  # applied: the prefill ran on the merged sequence
     logits_match_eager: bool | None = None  # passed through: logits equal the uncompiled model's
     max_abs_diff: float | None = None
     ours: bool | None = None  # failed: HoliTom's code raised (the plain backend runs)
@@ -482,14 +483,22 @@ def _logits(out) -> torch.Tensor | None:
     return logits
 
 
-def _compiled_run(model, inputs, backend):
+def _generate_first_logits(model, inputs) -> torch.Tensor:
+    """Logits of the prefill's last position ``[B, vocab]`` of a two-token greedy ``generate()``: the path
+    users take (transformers 5 encodes the video before the prefill, positions come from generate)."""
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    return out.logits[0]
+
+
+def _compiled_run(model, inputs, backend) -> torch.Tensor:
     import torch._dynamo
 
     torch._dynamo.reset()
     model.compile(backend=backend)
     try:
-        with torch.no_grad():
-            return model(**inputs)
+        return _generate_first_logits(model, inputs)
     finally:
         model._compiled_call_impl = None  # the model back to eager for what follows
 
@@ -504,7 +513,8 @@ def sweep_one(name: str, model_types: list[str], build_budget: float = 60, run_b
     result = SweepResult(name=name, model_types=list(model_types))
     start = time.perf_counter()
     torch._dynamo.reset()
-    torch._dynamo.config.capture_scalar_outputs = True
+    torch._dynamo.config.capture_scalar_outputs = True  # as holitom_fx.compile sets them
+    torch._dynamo.config.capture_dynamic_output_shape_ops = True
     try:
         try:
             with time_budget(build_budget):
@@ -551,14 +561,13 @@ def sweep_one(name: str, model_types: list[str], build_budget: float = 60, run_b
             result.reason += f" ({plain})"
             return result
 
-        logits = _logits(out)
+        logits = out
         report = backend.last_report
         if report is not None:
             result.status = APPLIED
             result.tokens = f"{report.tokens_in} -> {report.tokens_after_outer} -> {report.tokens_after_inner}"
             result.sequence = " -> ".join(str(n) for n in report.sequence_length)
-            result.shortened_logits = logits is not None and logits.shape[1] == report.sequence_length[2] \
-                < report.sequence_length[0]
+            result.shortened_prefill = report.sequence_length[2] < report.sequence_length[0]
             boundary = re.search(r"target=([\w.<>]+)", report.boundary or "")
             result.reason = f"boundary {boundary.group(1) if boundary else report.boundary}; saliency: {report.saliency}; inner layer {report.inner_layer}"
         else:
@@ -571,6 +580,7 @@ def sweep_one(name: str, model_types: list[str], build_budget: float = 60, run_b
             result.reason = "; ".join(reasons) or "no reason recorded by the backend"
             if layout != "one span":
                 result.reason += f" (prompt: {layout})"
+            eager = eager[:, -1] if eager is not None else None
             if logits is not None and eager is not None and logits.shape == eager.shape:
                 diff = (logits - eager).abs().max().item()
                 result.max_abs_diff = diff
@@ -612,7 +622,7 @@ def markdown(results: list[SweepResult]) -> str:
     for r in results:
         reason = r.reason.replace("|", "\\|")
         if r.status == APPLIED:
-            reason += f"; logits shortened: {'yes' if r.shortened_logits else 'NO'}"
+            reason += f"; prefill shortened: {'yes' if r.shortened_prefill else 'NO'}"
         elif r.status == PASSED:
             reason += f"; logits == eager: {'yes' if r.logits_match_eager else 'NO'}"
         elif r.status == FAILED:

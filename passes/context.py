@@ -102,7 +102,9 @@ class GraphContext:
     @property
     def positions(self) -> str:
         """The position scheme in force: M-RoPE models always keep representative positions (the spec)."""
-        return "original" if self.layout is not None and self.layout.rotary_axes == 3 else self.config.positions
+        rope = (self.layout is not None and self.layout.rotary_axes == 3) or (
+            self.video is not None and self.video.grid_check is not None)
+        return "original" if rope else self.config.positions
 
     def runtime_input(self, name: str) -> torch.Tensor:
         """A placeholder-shaped value for an extra runtime input (the backend supplies the real one)."""

@@ -17,7 +17,7 @@ from .vision_saliency import insert_pooling
 from .context import (SALIENCY, SALIENCY_VALID, WINDOW_END, GridCheck, GraphContext, RewriteError, VideoSite,
                       is_weight, mark_inserted, shape_of, tensor_of)
 from .frame_grid import GridError, rope_frame_grid
-from .module_stack import decoder_layer
+from .module_stack import decoder_layer, module_path
 
 def has_video_scatter(graph: fx.Graph, ctx: GraphContext) -> bool:
     """Whether the graph places video features (the outer pass would rewrite it)."""
@@ -45,6 +45,14 @@ def _is_integer(node: fx.Node) -> bool:
     return value is not None and not value.is_floating_point() and value.dtype != torch.bool
 
 
+def _rope_positions(graph: fx.Graph, batch: int, length: int) -> fx.Node | None:
+    """The graph's M-RoPE position ids input ``[3 or 4, B, L]`` (integers), if it takes one."""
+    found = [n for n in graph.nodes if n.op == "placeholder" and not is_weight(n) and _is_integer(n)
+             and shape_of(n) is not None and len(shape_of(n)) == 3 and shape_of(n)[0] in (3, 4)
+             and shape_of(n)[1:] == (batch, length)]
+    return found[0] if len(found) == 1 else None
+
+
 def _add_placeholder(graph: fx.Graph, name: str) -> fx.Node:
     last = [n for n in graph.nodes if n.op == "placeholder"][-1]
     with graph.inserting_after(last):
@@ -69,9 +77,10 @@ class OuterMergePass:
             return 0
         scatter, sequence, mask, features = boundary.anchor, boundary.sequence, boundary.mask, boundary.features
         nodes = list(graph.nodes)
-        if not any(decoder_layer(n, ctx.vision_classes) is not None for n in nodes[nodes.index(scatter):]):
-            # A graph break right after the boundary: later graphs would read a shortened sequence next to
-            # the model's own full-length positions and masks.
+        if any(module_path(n) for n in nodes) and not any(
+                decoder_layer(n, ctx.vision_classes) is not None for n in nodes[nodes.index(scatter):]):
+            # A model's graph ending soon after the boundary (a graph break): later graphs would read a
+            # shortened sequence next to the model's own full-length positions and masks.
             ctx.notes.append("no decoder layer runs in the graph that scatters the video (a graph break after "
                              "the boundary); for Qwen3-VL set torch._dynamo.config.capture_dynamic_output_shape_ops"
                              " (holitom_fx.compile does)")
@@ -80,11 +89,15 @@ class OuterMergePass:
             raise RewriteError(f"the sequence at {scatter.name} is not [B, L, E] with static shapes")
         length, dim = shape_of(sequence)[1:]
         batch, row_span = boundary.span
-        grid_check = None
-        if ctx.layout.rotary_axes == 3:
-            grid_check = self._rope_grid(mask, token_id, batch, length)
+        grid_check, layout = None, ctx.layout
+        positions = _rope_positions(graph, batch, length)
+        rope = layout.rotary_axes == 3 or (layout.rotary_axes is None and positions is not None)
+        frame_spans = False
+        if rope:
+            grid_check = self._rope_grid(positions, mask, token_id, batch, length)
             videos, frames, per_frame = grid_check.grid
-            if ctx.layout.frame_spans:  # every span is one frame of the row's one video
+            frame_spans = layout.frame_spans if layout.frame_spans is not None else videos > 1 and frames == 1
+            if frame_spans:  # every span is one frame of the row's one video
                 if frames != 1:
                     raise RewriteError(f"frame spans of {frames} frames each: expected one frame per span")
                 videos, frames = 1, videos
@@ -100,12 +113,13 @@ class OuterMergePass:
                                "budget='exact' (use holitom_fx.ops.outer_merge eagerly for the reference)")
         merged = exact_budget(frames, per_frame, ctx.config.retain_ratio) + pass_through
         saliency = self._saliency(graph, features, (batch * videos * frames, per_frame))
-        carried = self._carried(scatter, features) if ctx.layout.carries_visual_features else []
+        carries = layout.carries_visual_features if layout.carries_visual_features is not None else rope
+        carried = self._carried(scatter, features) if carries else []
 
         with graph.inserting_after(scatter):
             stage = mark_inserted(graph.call_function(
                 outer_stage, (sequence, mask, features, frames, per_frame, pass_through, astuple(ctx.config),
-                              *saliency), {"videos": videos, "frame_spans": ctx.layout.frame_spans,
+                              *saliency), {"videos": videos, "frame_spans": frame_spans,
                                            "carried": tuple(carried)}))
         order = {node: index for index, node in enumerate(graph.nodes)}
         late = {a for node in carried for a in _ancestors(node) if order[a] > order[stage]}
@@ -135,7 +149,7 @@ class OuterMergePass:
             scatter=scatter, batch=batch, length=length, frames=frames, tokens_per_frame=per_frame,
             pass_through=pass_through, merged_tokens=merged, new_length=length - videos * (span - merged),
             source=outputs[1], span_start=outputs[2], window_end=outputs[3], last_inserted=previous, videos=videos,
-            grid_check=grid_check, frame_spans=ctx.layout.frame_spans)
+            grid_check=grid_check, frame_spans=frame_spans)
         return 1
 
     @staticmethod
@@ -156,25 +170,23 @@ class OuterMergePass:
         # the last step of each chain (a cat of per-video placeholders, not the placeholders too)
         return [node for node in found if not any(node in _ancestors(other) for other in found if other is not node)]
 
-    def _rope_grid(self, mask: fx.Node, token_id: int, batch: int, length: int) -> GridCheck:
+    def _rope_grid(self, positions: fx.Node | None, mask: fx.Node, token_id: int, batch: int,
+                   length: int) -> GridCheck:
         """The frame grid of an M-RoPE model, read from the real position ids of this call (``frame_grid``)."""
         ctx = self.ctx
-        placeholders = [n for n in mask.graph.nodes if n.op == "placeholder" and not is_weight(n)]
-        positions = [n for n in placeholders if _is_integer(n) and shape_of(n) is not None and len(shape_of(n)) == 3
-                     and shape_of(n)[0] in (3, 4) and shape_of(n)[1:] == (batch, length)]
         ids = [n for n in _ancestors(mask) if n.op == "placeholder" and _is_integer(n)
                and shape_of(n) == (batch, length)]
-        if len(positions) != 1 or len(ids) != 1:
+        if positions is None or len(ids) != 1:
             raise RewriteError("the 3-D rotary position ids are not a graph input (generate() passes them; a "
                                "forward call derives them inside the model): the frame grid is unknown")
-        values = [ctx.example_values.get(n.name) for n in (ids[0], positions[0])]
+        values = [ctx.example_values.get(n.name) for n in (ids[0], positions)]
         if any(v is None for v in values):
             raise RewriteError("no real example inputs to read the frame grid from the position ids")
         try:
             grid = rope_frame_grid(values[0], values[1], token_id)
         except GridError as err:
             raise RewriteError(str(err)) from err
-        return GridCheck(input_ids=ids[0].name, positions=positions[0].name, token_id=token_id, grid=grid)
+        return GridCheck(input_ids=ids[0].name, positions=positions.name, token_id=token_id, grid=grid)
 
     def _videos_per_row(self, features: fx.Node, batch: int, row_span: int, dim: int) -> int:
         """Video spans per row: the features' per-video tensor ``[B*k, V, E]`` a few steps up (a record's

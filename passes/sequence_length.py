@@ -19,6 +19,7 @@ import torch.fx as fx
 from .context import GraphContext, RewriteError, is_weight, mark_inserted, shape_of
 
 _ROTARY_TARGETS = (torch.cos, torch.sin, "cos", "sin")
+_MAX_TOP_K = 16  # arange(k * L) after the boundary, k <= this, is read as k entries per token
 _SCALAR_COMPARISONS = (operator.eq, operator.ne, operator.ge, operator.gt, operator.le, operator.lt)
 
 
@@ -129,6 +130,9 @@ class SequenceLengthPass:
                 continue
             new = inner.new_length if node in inner_region else video.new_length
             args, kwargs = _replace_int(node.args, old, new), _replace_int(node.kwargs, old, new)
+            if node.target is torch.arange and args == node.args:  # a range over token-expert pairs (MoE top-k)
+                for multiple in range(2, _MAX_TOP_K + 1):
+                    args = _replace_int(args, multiple * old, multiple * new)
             if args != node.args or kwargs != node.kwargs:
                 node.args, node.kwargs = args, kwargs
                 resized.add(node)

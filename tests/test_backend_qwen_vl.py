@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from holitom_fx import HoliTomBackend, HoliTomConfig
+from holitom_fx.archs import GENERIC, layout_for
 from holitom_fx.tiny import qwen_prompt, qwen_video_inputs, tiny_qwen_vl
 
 from . import reference_pipeline
@@ -196,3 +197,24 @@ def test_mixed_prompts_merge_each_video_on_its_own_and_leave_images(parts, video
     assert (report.videos, report.tokens_in) == (videos, videos * TOKENS)
     assert report.tokens_after_outer == videos * round(MERGING.retain_ratio * TOKENS)
     assert len(report.segments) == videos and backend.fallbacks == 0
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+@torch.no_grad()
+def test_without_a_record_the_generic_path_reads_everything_off_the_graph(family):
+    """The same models under a model type no record names: GENERIC finds the M-RoPE position input, the
+    frames (one span per frame for Qwen3-VL) and the deepstack features by itself, and matches the
+    eager reference as the records do."""
+    cfg = HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off")
+    model = tiny_qwen_vl(family)
+    inputs = inputs_for(model)  # laid out by the record, before it is hidden
+    model.config.model_type = "unrecorded_video_lm"
+    assert layout_for(model.config) is GENERIC
+    backend = HoliTomBackend(cfg, compiler="eager").bind(model)
+    model.compile(backend=backend)
+    expected_logits, expected_tokens = reference_pipeline.qwen_generate(tiny_qwen_vl(family), inputs, cfg, 8)
+    tokens, logits = greedy_with_first_logits(model, inputs, 8)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    assert tokens == [expected_tokens]
+    report = backend.last_report
+    assert (report.frames, report.tokens_after_outer) == (FRAMES // 2, round(cfg.retain_ratio * TOKENS))

@@ -14,9 +14,11 @@ import torch
 from holitom_fx import sweep
 
 #: Classes with a layout record: must merge.
-RECORDED = ("LlavaOnevisionForConditionalGeneration", "LlavaNextVideoForConditionalGeneration")
-#: Built in a few seconds each; VideoLLaVA has no record (generic path), Qwen2-VL has flattened patches.
-REDUCED = RECORDED + ("VideoLlavaForConditionalGeneration", "Qwen2VLForConditionalGeneration")
+RECORDED = ("LlavaOnevisionForConditionalGeneration", "LlavaNextVideoForConditionalGeneration",
+            "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
+            "Qwen3VLForConditionalGeneration")
+#: Built in a few seconds each; VideoLLaVA has no record (generic path).
+REDUCED = RECORDED + ("VideoLlavaForConditionalGeneration",)
 #: Scatter-style boundary (masked_scatter of [B*T, N, E] per-frame features) and standard decoder layers:
 #: the generic path must apply to these too.
 SCATTER_STANDARD = ("VideoLlavaForConditionalGeneration",)
@@ -49,7 +51,7 @@ def test_sweep_class(name, model_types):
     if name in RECORDED or name in SCATTER_STANDARD:
         assert result.status == sweep.APPLIED, result
     if result.status == sweep.APPLIED:
-        assert result.shortened_logits, result
+        assert result.shortened_prefill, result
     elif result.status == sweep.PASSED:
         assert result.logits_match_eager, result
         assert result.reason, result

@@ -40,16 +40,19 @@ class VideoLayout:
     # encoder layer feeding the projector (None: the last encoder layer in the graph)
     saliency_layer: Callable[[Any], int | None] = lambda config: None
     saliency_grid: Callable[[Any], SaliencyGrid] | None = None  # None: inferred, see infer_saliency_grid
+    # The three below: None reads them off the graph (GENERIC).
     # 3: M-RoPE, position ids [3 or 4 (a text row first), B, L] holding each token's (t, h, w). A video's
-    # frames are then the runs of equal temporal position in its span (read from the prompt's positions,
-    # no pooling to know), and every merged token keeps its representative's (t, h, w) (the spec's rule).
-    rotary_axes: int = 1
+    # frames are then read from the prompt's positions (``passes/frame_grid.py``), and every merged token
+    # keeps its representative's (t, h, w) (the spec's rule). None: 3 when the graph takes such positions.
+    rotary_axes: int | None = 1
     # Each frame of a video is a placeholder span of its own (Qwen3-VL: a timestamp before each frame): all
     # video spans of a row are then one video, and each merged token goes to its representative's frame.
-    frame_spans: bool = False
+    # None: when every span of an M-RoPE row holds a single frame.
+    frame_spans: bool | None = False
     # The decoder re-adds per-video-token features at the visual positions (Qwen3-VL's deepstack): tensors
     # with one row per video token read after the boundary are merged with the features' own weights.
-    carries_visual_features: bool = False
+    # None: looked for in M-RoPE models.
+    carries_visual_features: bool | None = False
 
     def video_token_id(self, config: Any) -> int | None:
         for attr in self.video_token_attrs:
@@ -105,9 +108,9 @@ LAYOUTS: tuple[VideoLayout, ...] = (
     # is read there: the feature-norm fallback ranks dynamic tokens (vision_tower="" compiles nothing apart).
     VideoLayout(model_types=("qwen2_vl", "qwen2_5_vl"), tokens_per_frame=None, pass_through_tokens=0,
                 video_token_attrs=("video_token_id",), vision_tower="", rotary_axes=3),
-    # Qwen3-VL: as Qwen2-VL, with a timestamp before each frame's span and deepstack features added to the
-    # first decoder layers' visual positions.
-    VideoLayout(model_types=("qwen3_vl",), tokens_per_frame=None, pass_through_tokens=0,
+    # Qwen3-VL family: as Qwen2-VL, with a timestamp before each frame's span and deepstack features added
+    # to the first decoder layers' visual positions (Qwen3.5 has none: nothing is carried then).
+    VideoLayout(model_types=("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"), tokens_per_frame=None, pass_through_tokens=0,
                 video_token_attrs=("video_token_id",), vision_tower="", rotary_axes=3, frame_spans=True,
                 carries_visual_features=True),
     VideoLayout(model_types=("llava_next_video",), tokens_per_frame=_strided_patch_grid, pass_through_tokens=0,
@@ -116,7 +119,8 @@ LAYOUTS: tuple[VideoLayout, ...] = (
 
 
 #: Any other model whose config names a video token.
-GENERIC = VideoLayout(model_types=(), tokens_per_frame=None, pass_through_tokens=None, vision_tower="")
+GENERIC = VideoLayout(model_types=(), tokens_per_frame=None, pass_through_tokens=None, vision_tower="",
+                      rotary_axes=None, frame_spans=None, carries_visual_features=None)
 
 
 def layout_for(config: Any) -> VideoLayout | None:
