@@ -164,7 +164,9 @@ class HoliTomBackend:
         record = GraphRecord(nodes=len(gm.graph.nodes), rewrites={}, boundary=None, notes=ctx.notes)
         try:
             record.rewrites = PassManager(ctx)(rewritten, example_inputs)
-        except RewriteError as err:
+        except Exception as err:  # noqa: BLE001 - never break the user's model: compile it unchanged, say why
+            if not isinstance(err, RewriteError):
+                err = RewriteError(f"internal error in a HoliTom pass: {type(err).__name__}: {err}")
             log.warning("HoliTom left a graph unchanged: %s", err)
             self.fallbacks += 1
             record.fallback = str(err)

@@ -164,8 +164,11 @@ def tensor_of(node: Any) -> torch.Tensor | None:
 
 
 def shape_of(node: Any) -> tuple[int, ...] | None:
+    """The node's static shape; None when unknown or when a size depends on data (an unbacked symbol)."""
     value = tensor_of(node)
-    return tuple(value.shape) if value is not None else None
+    if value is None or not all(isinstance(size, int) for size in value.shape):
+        return None
+    return tuple(value.shape)
 
 
 def sdpa_inputs(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node | None, float | None]:

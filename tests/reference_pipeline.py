@@ -143,7 +143,9 @@ def qwen_merged_embeds(model, inputs, cfg: HoliTomConfig):
 def qwen3_merged_embeds(model, inputs, cfg: HoliTomConfig):
     """(inputs_embeds after the outer merge, positions [3, 1, L'], the merged visual mask [1, L'], the
     deepstack features merged alike) of a Qwen3-VL model, batch 1, one video whose temporal patches are
-    spans of their own: merged as one grid, each merged token placed in its representative's frame span."""
+    spans of their own: merged as one grid, each merged token placed in its representative's frame span.
+    An image is placed as is, its deepstack rows beside the video's, in sequence order (as the model joins
+    them)."""
     inner = model.model
     input_ids = inputs["input_ids"]
     out = inner.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
@@ -151,8 +153,15 @@ def qwen3_merged_embeds(model, inputs, cfg: HoliTomConfig):
     features = torch.cat(out.pooler_output)
     deepstack = [torch.cat(layer) for layer in out.deepstack_features]
     mask = input_ids == model.config.video_token_id
-    embeds = inner.get_input_embeddings()(input_ids).masked_scatter(mask[..., None], features)
+    image_mask = input_ids == model.config.image_token_id
+    embeds = inner.get_input_embeddings()(input_ids)
+    if "pixel_values" in inputs:
+        image = inner.get_image_features(pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
+        embeds = embeds.masked_scatter(image_mask[..., None], torch.cat(image.pooler_output))
+        image_deepstack = [torch.cat(layer) for layer in image.deepstack_features]
+    embeds = embeds.masked_scatter(mask[..., None], features)
     positions, _ = inner.get_rope_index(input_ids, mm_token_type_ids=inputs["mm_token_type_ids"],
+                                        image_grid_thw=inputs.get("image_grid_thw"),
                                         video_grid_thw=inputs["video_grid_thw"],
                                         attention_mask=inputs["attention_mask"])
     t, h, w = inputs["video_grid_thw"][0].tolist()
@@ -162,7 +171,16 @@ def qwen3_merged_embeds(model, inputs, cfg: HoliTomConfig):
     merged = outer_merge(grid, feature_saliency(grid), cfg, carried=carried)
     hidden, source = place_by_frame(embeds, mask, merged.tokens[None], merged.positions[None], t, per_frame)
     merged_deepstack = merged.carried.split([d.shape[-1] for d in deepstack], -1)
-    return hidden, positions.gather(-1, source.expand(3, *source.shape)), mask.gather(1, source), merged_deepstack
+    visual = (mask | image_mask).gather(1, source)
+    if "pixel_values" in inputs:
+        is_image = image_mask.gather(1, source)[visual]
+        joined = []
+        for image_rows, video_rows in zip(image_deepstack, merged_deepstack):
+            rows = image_rows.new_zeros(int(visual.sum()), image_rows.shape[-1])
+            rows[is_image], rows[~is_image] = image_rows, video_rows
+            joined.append(rows)
+        merged_deepstack = joined
+    return hidden, positions.gather(-1, source.expand(3, *source.shape)), visual, merged_deepstack
 
 
 @torch.no_grad()

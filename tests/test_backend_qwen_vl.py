@@ -181,15 +181,17 @@ def test_another_grid_with_the_same_token_count_gets_its_own_rewrite():
     assert backend.fallbacks == 0
 
 
-@pytest.mark.parametrize("parts, videos", [
-    ([[1, 2], ("image", 56), [3], ("video", FRAMES, SIZE), [5, 6, 7]], 1),
-    ([[1, 2], ("video", FRAMES, SIZE), [3, 4], ("video", FRAMES, SIZE), [5, 6, 7]], 2),
-], ids=["image-and-video", "two-videos"])
+@pytest.mark.parametrize("family, parts, videos", [
+    ("qwen2_vl", [[1, 2], ("image", 56), [3], ("video", FRAMES, SIZE), [5, 6, 7]], 1),
+    ("qwen2_vl", [[1, 2], ("video", FRAMES, SIZE), [3, 4], ("video", FRAMES, SIZE), [5, 6, 7]], 2),
+    ("qwen3_vl", [[1, 2], ("image", 56), [3], ("video", FRAMES, SIZE), [5, 6, 7]], 1),
+], ids=["image-and-video", "two-videos", "qwen3-image-and-video"])
 @torch.no_grad()
-def test_mixed_prompts_merge_each_video_on_its_own_and_leave_images(parts, videos):
-    model, backend = compiled("qwen2_vl", MERGING)
+def test_mixed_prompts_merge_each_video_on_its_own_and_leave_images(family, parts, videos):
+    """Qwen3-VL joins the image's and the merged video's deepstack rows in one tensor: checked too."""
+    model, backend = compiled(family, MERGING)
     inputs = qwen_prompt(model, parts)
-    expected_logits, expected_tokens = reference_pipeline.qwen_generate(tiny_qwen_vl("qwen2_vl"), inputs, MERGING, 12)
+    expected_logits, expected_tokens = reference_pipeline.qwen_generate(tiny_qwen_vl(family), inputs, MERGING, 12)
     tokens, logits = greedy_with_first_logits(model, inputs, 12)
     torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
     assert tokens == [expected_tokens]
