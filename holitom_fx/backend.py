@@ -237,17 +237,18 @@ class HoliTomBackend:
             self._position_shift = torch.zeros((), dtype=torch.long, device=device)
         return self._position_shift
 
-    def _take_vision_saliency(self, expected: tuple[int, int]) -> torch.Tensor | None:
+    def _take_vision_saliency(self, expected: tuple[int, int], layout: VideoLayout | None) -> torch.Tensor | None:
         """The saliency an encoder graph left for this prefill, if it fits; consumed either way."""
         saliency, self._vision_saliency = self._vision_saliency, None
         if saliency is not None and tuple(saliency.shape) == expected:
             return saliency
         self.saliency_fallbacks += 1
         if not self._said_saliency_fallback:
+            why = ("holitom_fx.compile(model) compiles the vision tower too" if layout is not None and
+                   layout.vision_tower else "this model's layout record reads no encoder attention (README)")
             log.info("HoliTom: the vision encoder's attention did not reach this prefill (the video was encoded "
-                     "outside the compiled graphs, e.g. by generate() under a plain model.compile); ranking dynamic "
-                     "tokens by the feature-norm saliency fallback (holitom_fx.ops.feature_saliency). "
-                     "holitom_fx.compile(model) compiles the vision tower too.")
+                     "outside the compiled graphs, e.g. by generate()); ranking dynamic tokens by the feature-norm "
+                     "saliency fallback (holitom_fx.ops.feature_saliency): %s.", why)
             self._said_saliency_fallback = True
         return None
 
@@ -288,7 +289,7 @@ class HoliTomBackend:
                 if name == WINDOW_END:
                     values.append(window_end)
                 elif name == SALIENCY:
-                    saliency = self._take_vision_saliency(expected_saliency)
+                    saliency = self._take_vision_saliency(expected_saliency, ctx.layout)
                     values += [no_saliency[0], no_saliency[1]] if saliency is None else [saliency, valid]
                     source = "feature norm" if saliency is None else "vision attention (encoder graph)"
             return values, source

@@ -24,7 +24,9 @@ def rank_within_groups(group: torch.Tensor, key: torch.Tensor, num_groups: int) 
     group_start = sizes.cumsum(0) - sizes
     place = torch.arange(group.numel(), device=group.device)
     rank_in_order = place - group_start[group[order]]
-    return torch.empty_like(place).scatter(0, order, rank_in_order)
+    # Back to element order through the inverse permutation: a gather, not a scatter (Inductor's CPU
+    # backend fused a scatter into empty_like with its readers and returned wrong ranks, torch 2.13).
+    return rank_in_order.gather(0, torch.argsort(order))
 
 
 def pairwise_distance(units: torch.Tensor) -> torch.Tensor:

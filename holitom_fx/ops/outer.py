@@ -92,7 +92,7 @@ def _apportion_exact(group: torch.Tensor, rank: torch.Tensor, quota: torch.Tenso
     key = torch.where(group == absorbed_group, 2.0 * group.numel() + seat, key)
     by_group = torch.sort(group, stable=True).indices
     order = by_group[torch.sort(key[by_group], stable=True).indices]
-    chosen = torch.zeros_like(group).scatter(0, order[:total], torch.ones_like(group))
+    chosen = (torch.argsort(order) < total).long()  # the first ``total`` of the order (no scatter: see clustering)
     return torch.zeros(num_groups, dtype=torch.long, device=group.device).scatter_add(0, group, chosen)
 
 
