@@ -615,8 +615,9 @@ def markdown(results: list[SweepResult]) -> str:
     import transformers
 
     lines = [f"transformers {transformers.__version__}, torch {torch.__version__}, "
-             f"{datetime.date.today().isoformat()}; `HoliTomConfig(retain_ratio=0.5, tau=0.8)`, one plain "
-             f"`model(**inputs)` call under `model.compile(backend=HoliTomBackend(...).bind(model))`.", "",
+             f"{datetime.date.today().isoformat()}; `HoliTomConfig(retain_ratio=0.5, tau=0.8)`, a two-token greedy "
+             f"`generate()` under `model.compile(backend=HoliTomBackend(...).bind(model))`, Dynamo set as "
+             f"`holitom_fx.compile` sets it.", "",
              "| class | model type | status | visual tokens (in -> outer -> inner) | sequence | reason / notes | s |",
              "|---|---|---|---|---|---|---:|"]
     for r in results:

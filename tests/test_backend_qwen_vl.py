@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import holitom_fx
 from holitom_fx import HoliTomBackend, HoliTomConfig
 from holitom_fx.archs import GENERIC, layout_for
 from holitom_fx.tiny import qwen_prompt, qwen_video_inputs, tiny_qwen_vl
@@ -220,3 +221,21 @@ def test_without_a_record_the_generic_path_reads_everything_off_the_graph(family
     assert tokens == [expected_tokens]
     report = backend.last_report
     assert (report.frames, report.tokens_after_outer) == (FRAMES // 2, round(cfg.retain_ratio * TOKENS))
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+@torch.no_grad()
+def test_holitom_compile_through_inductor_matches_the_eager_reference(family):
+    """holitom_fx.compile, the rewritten graphs through Inductor (C++ on CPU): the M-RoPE gathers, the inner
+    stage (Qwen2-VL), and the data-dependent deepstack index with carried features (Qwen3-VL)."""
+    cfg = MERGING
+    model = tiny_qwen_vl(family)
+    backend = holitom_fx.compile(model, cfg)
+    inputs = inputs_for(model)
+    expected_logits, expected_tokens = reference_pipeline.qwen_generate(tiny_qwen_vl(family), inputs, cfg, 8)
+    tokens, logits = greedy_with_first_logits(model, inputs, 8)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    assert tokens == [expected_tokens]
+    report = backend.last_report
+    assert backend.fallbacks == 0 and report.tokens_after_outer == round(cfg.retain_ratio * TOKENS)
+    assert report.inner_layer == (3 if family == "qwen2_vl" else None)
