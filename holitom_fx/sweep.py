@@ -574,7 +574,8 @@ def sweep_one(name: str, model_types: list[str], build_budget: float = 60, run_b
             result.status = PASSED
             reasons = []
             for record in backend.graphs:
-                for text in ([f"fallback: {record.fallback}"] if record.fallback else []) + list(record.notes):
+                fallback = record.fallback.strip().splitlines()[0] if record.fallback else None
+                for text in ([f"fallback: {fallback}"] if fallback else []) + list(record.notes):
                     if text not in reasons:
                         reasons.append(text)
             result.reason = "; ".join(reasons) or "no reason recorded by the backend"

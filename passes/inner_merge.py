@@ -36,9 +36,6 @@ class InnerMergePass:
         layer = ctx.config.resolve_inner_layer(depth)
         if layer is None:
             return 0
-        if ctx.video.frame_spans:
-            ctx.notes.append("inner stage skipped: the merged video is spread over its frames' spans, not one span")
-            return 0
         if ctx.video.batch > 1:
             # Layers K.. would keep shorter caches than layers < K; transformers builds one decode
             # mask from layer 0's cache length, which cannot mask a padded batch's shorter caches.
@@ -60,7 +57,8 @@ class InnerMergePass:
         span = ctx.video.merged_tokens
         with graph.inserting_before(first):
             stage = mark_inserted(graph.call_function(
-                inner_stage, (hidden, query, key, attn_mask, scale, ctx.video.span_start, span, ctx.config.inner_ratio)))
+                inner_stage, (hidden, query, key, attn_mask, scale, ctx.video.span_start, span, ctx.config.inner_ratio),
+                {"frame_spans": ctx.video.frame_spans}))
             merged = mark_inserted(graph.call_function(operator.getitem, (stage, 0)))
             keep = mark_inserted(graph.call_function(operator.getitem, (stage, 1)))
 

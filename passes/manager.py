@@ -59,7 +59,9 @@ class PassManager:
                          for x in inputs]
                 FakeTensorProp(gm, fake_mode).propagate_dont_convert_inputs(*fakes)
         except Exception as err:  # any inconsistency means the rewrite is unsafe
-            raise RewriteError(f"rewritten graph does not propagate shapes: {type(err).__name__}: {err}") from err
+            first_line = next((line for line in str(err).splitlines() if line.strip()), "")
+            raise RewriteError(f"rewritten graph does not propagate shapes: {type(err).__name__}: {first_line}") \
+                from err
         for node in gm.graph.nodes:
             if "val" in node.meta:
                 node.meta["example_value"] = node.meta["val"]
@@ -70,7 +72,11 @@ class PassManager:
         """Sizes that depend on data (a boolean-mask index: Qwen3-VL's deepstack, MoE routing) are not
         proven by fake tensors; a graph that has them runs once on the real example inputs (tensor inputs
         other than weights copied: no input is mutated) and must not raise."""
-        if not any("unbacked_bindings" in node.meta for node in gm.graph.nodes):
+        def data_dependent(node: fx.Node) -> bool:
+            value = node.meta.get("val")
+            return isinstance(value, torch.Tensor) and not all(isinstance(size, int) for size in value.shape)
+
+        if not any(data_dependent(node) for node in gm.graph.nodes):
             return
         if any(isinstance(x, FakeTensor) for x in inputs):
             raise RewriteError("data-dependent sizes in the rewritten graph and no real inputs to check them on")

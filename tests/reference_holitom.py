@@ -134,14 +134,15 @@ def outer_merge(x: torch.Tensor, saliency: torch.Tensor, cfg) -> tuple[torch.Ten
 
 
 def inner_merge_loop(hidden: torch.Tensor, attention: torch.Tensor, span_start: list[int], span_length: int,
-                     ratio: float) -> tuple[torch.Tensor, list[list[int]]]:
-    """Inner stage as the released code does it: one fold at a time, rows one by one."""
+                     ratio: float, visual_rows: list[list[int]] | None = None) -> tuple[torch.Tensor, list[list[int]]]:
+    """Inner stage as the released code does it: one fold at a time, rows one by one. ``visual_rows``:
+    the visual token indices of each row, where they are not one span."""
     out, keeps = [], []
     n_keep = max(round(span_length * (1 - ratio)), 1 if span_length else 0)
     for b in range(hidden.shape[0]):
         h = hidden[b].float().clone()
-        start = span_start[b]
-        visual = list(range(start, start + span_length))
+        start = span_start[b] if visual_rows is None else None
+        visual = list(range(start, start + span_length)) if visual_rows is None else list(visual_rows[b])
         order = sorted(visual, key=lambda i: (-float(attention[b, i]), i))
         kept, dropped = sorted(order[:n_keep]), sorted(order[n_keep:])
         original = h.clone()

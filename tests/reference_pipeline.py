@@ -80,8 +80,11 @@ def last_row_attention(layer, hidden, cos, sin):
     attn = layer.self_attn
     normed = layer.input_layernorm(hidden)
     batch, length, _ = hidden.shape
-    q = attn.q_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
-    k = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+    q = attn.q_proj(normed).view(batch, length, -1, attn.head_dim)
+    k = attn.k_proj(normed).view(batch, length, -1, attn.head_dim)
+    if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before the rotary
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
     scores = (q[:, :, -1:] @ k.transpose(-1, -2)) * attn.scaling
@@ -142,7 +145,7 @@ def qwen_merged_embeds(model, inputs, cfg: HoliTomConfig):
 
 def qwen3_merged_embeds(model, inputs, cfg: HoliTomConfig):
     """(inputs_embeds after the outer merge, positions [3, 1, L'], the merged visual mask [1, L'], the
-    deepstack features merged alike) of a Qwen3-VL model, batch 1, one video whose temporal patches are
+    deepstack features merged alike, the indices of the merged video's tokens) of a Qwen3-VL model, batch 1, one video whose temporal patches are
     spans of their own: merged as one grid, each merged token placed in its representative's frame span.
     An image is placed as is, its deepstack rows beside the video's, in sequence order (as the model joins
     them)."""
@@ -180,15 +183,17 @@ def qwen3_merged_embeds(model, inputs, cfg: HoliTomConfig):
             rows[is_image], rows[~is_image] = image_rows, video_rows
             joined.append(rows)
         merged_deepstack = joined
-    return hidden, positions.gather(-1, source.expand(3, *source.shape)), visual, merged_deepstack
+    video_rows = torch.nonzero(mask.gather(1, source)[0]).flatten().tolist()
+    return hidden, positions.gather(-1, source.expand(3, *source.shape)), visual, merged_deepstack, video_rows
 
 
 @torch.no_grad()
 def qwen_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int):
     """The same for a Qwen2-VL-family model: decoding continues after the prompt's last (t, h, w).
-    Qwen3-VL (frames as spans, deepstack features added after its first layers) without the inner stage."""
+    Qwen3-VL: frames as spans, deepstack features added after its first layers, the inner merge over
+    the merged video's tokens wherever they lie."""
     if layout_for(model.config).frame_spans:
-        hidden, positions, visual, deepstack = qwen3_merged_embeds(model, inputs, cfg)
+        hidden, positions, visual, deepstack, video_rows = qwen3_merged_embeds(model, inputs, cfg)
         lm = model.model.language_model
 
         def after_layer(index, states):
@@ -196,18 +201,19 @@ def qwen_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int):
 
         last = positions[..., -1:]
         return run_decoder(model, hidden, [], 0, positions, lambda step: last + 1 + step, cfg, new_tokens,
-                           after_layer=after_layer)
+                           after_layer=after_layer, visual=video_rows)
     hidden, starts, span, positions = qwen_merged_embeds(model, inputs, cfg)
     last = positions[..., -1:]
     return run_decoder(model, hidden, starts, span, positions, lambda step: last + 1 + step, cfg, new_tokens)
 
 
 def run_decoder(model, hidden, starts, span, positions, decode_position, cfg: HoliTomConfig, new_tokens: int,
-                after_layer=lambda index, hidden: hidden):
+                after_layer=lambda index, hidden: hidden, visual: list[int] | None = None):
     """The model's own decoder layers, one by one, on merged embeddings at ``positions``; the inner
-    merge at layer K by the loop reference; ``after_layer(index, hidden)`` after each prefill layer;
-    greedy decoding on the per-layer caches at ``decode_position(step)``. Returns (prefill logits of
-    the last position, greedy tokens)."""
+    merge at layer K by the loop reference, on each video span (``starts``, ``span`` tokens) or on the
+    ``visual`` token indices; ``after_layer(index, hidden)`` after each prefill layer; greedy decoding on
+    the per-layer caches at ``decode_position(step)``. Returns (prefill logits of the last position,
+    greedy tokens)."""
     lm = model.model.language_model
     layer_k = cfg.resolve_inner_layer(len(lm.layers))
     cos, sin = lm.rotary_emb(hidden, positions)
@@ -217,6 +223,9 @@ def run_decoder(model, hidden, starts, span, positions, decode_position, cfg: Ho
         if index == layer_k:
             attention = last_row_attention(lm.layers[index - 1], previous_input, cos, sin)
             keep = torch.arange(hidden.shape[1])
+            if visual is not None:
+                hidden, keeps = ref.inner_merge_loop(hidden, attention, [0], len(visual), cfg.inner_ratio, [visual])
+                keep = keep[keeps[0]]
             for start in reversed(starts):  # each video's span on its own, the last first
                 hidden, keeps = ref.inner_merge_loop(hidden, attention, [start], span, cfg.inner_ratio)
                 attention, keep = attention[:, keeps[0]], keep[keeps[0]]

@@ -71,3 +71,16 @@ def test_low_precision_matches_fp32_fold():
 def test_bad_input_gives_a_clear_error(args, match):
     with pytest.raises(ValueError, match=match):
         inner_merge(*args)
+
+
+@given(inner_inputs(), st.data())
+def test_inner_merge_over_scattered_visual_tokens_equals_the_sequential_fold(inputs, data):
+    """Visual tokens anywhere in the row (Qwen3-VL's frames, each in a span of its own)."""
+    hidden, attention, _, span, ratio = inputs
+    length = hidden.shape[1]
+    rows = [sorted(data.draw(st.permutations(range(length)))[:span]) for _ in range(hidden.shape[0])]
+    out, keep = inner_merge(hidden, attention, torch.zeros(hidden.shape[0], dtype=torch.long), span, ratio,
+                            visual=torch.tensor(rows, dtype=torch.long).reshape(hidden.shape[0], span))
+    expected, expected_keep = ref.inner_merge_loop(hidden, attention, [0] * hidden.shape[0], span, ratio, rows)
+    assert keep.tolist() == expected_keep
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

@@ -21,6 +21,7 @@ def inner_merge(
     span_start: torch.Tensor,
     span_length: int,
     ratio: float,
+    visual: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shorten ``hidden[B, L, E]`` by folding the least-attended visual tokens.
 
@@ -30,6 +31,8 @@ def inner_merge(
         span_start: LongTensor[B], first visual token of each row (left padding moves it).
         span_length: V, visual tokens per row (the same for every row).
         ratio: fraction of the V visual tokens folded away.
+        visual: LongTensor[B, V], increasing: the visual tokens' indices where they are not one span
+            (Qwen3-VL's frames, each in a span of its own); ``span_start`` is then ignored.
 
     Keeps ``round(V * (1 - ratio))`` visual tokens (at least one) with the largest attention (ties: lower
     index). Every other visual token i joins the kept token of largest cosine similarity
@@ -42,13 +45,17 @@ def inner_merge(
         raise ValueError(f"inner_merge: hidden must be [B, L, E] and attention [B, L], got "
                          f"{tuple(hidden.shape)} and {tuple(attention.shape)}")
     batch, length, dim = hidden.shape
-    if span_start.shape != (batch,):
+    if visual is not None:
+        if visual.shape != (batch, span_length):
+            raise ValueError(f"inner_merge: visual must be [B, V] = [{batch}, {span_length}], got "
+                             f"{tuple(visual.shape)}")
+    elif span_start.shape != (batch,):
         raise ValueError(f"inner_merge: span_start must be [B] = [{batch}], got {tuple(span_start.shape)}")
     if not 0 <= span_length <= length:
         raise ValueError(f"inner_merge: span_length={span_length} must be in [0, {length}]")
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"inner_merge: ratio={ratio} must be in [0, 1)")
-    if values_checkable(span_start):
+    if visual is None and values_checkable(span_start):
         if bool(((span_start < 0) | (span_start + span_length > length)).any()):
             raise ValueError(f"inner_merge: visual span [start, start + {span_length}) leaves [0, {length})")
     device = hidden.device
@@ -58,7 +65,8 @@ def inner_merge(
     if n_drop == 0:
         return hidden, rows
 
-    visual = span_start[:, None] + torch.arange(span_length, device=device)
+    if visual is None:
+        visual = span_start[:, None] + torch.arange(span_length, device=device)
     by_attention = torch.sort(attention.gather(1, visual).float(), dim=1, descending=True, stable=True).indices
     kept_local = torch.sort(by_attention[:, :n_keep], dim=1).values
     dropped_local = torch.sort(by_attention[:, n_keep:], dim=1).values

@@ -41,7 +41,8 @@ def outer_stage(
 
     Returns ``(embeds[B, L', E], source[B, L'], span_start[B, videos], window_end[B*videos, T], carried)``:
     ``source`` is the original index each token stands for, ``span_start`` where each merged video starts
-    in the new sequence (its first token), ``window_end`` the segments, ``carried`` each carried tensor
+    in the new sequence (with ``frame_spans``: the indices of all its ``M`` tokens, ``[B, M]``),
+    ``window_end`` the segments, ``carried`` each carried tensor
     merged, ``[B*videos*(M + P), C]`` in sequence order. ``saliency[B*videos*T, N]`` ranks dynamic tokens
     (vision attention received); without it, or where the bool tensor ``saliency_valid`` is false, the
     feature-norm fallback ranks them.
@@ -76,7 +77,8 @@ def outer_stage(
         if videos != 1 or pass_through:
             raise ValueError("frame_spans: one video per row, no pass-through tokens")
         spliced, source = place_by_frame(embeds, mask, merged[:, 0], merged_source[:, 0], frames, tokens_per_frame)
-        new_starts = mask.gather(1, source).to(torch.int32).argmax(1, keepdim=True).long()
+        merged_mask = mask.gather(1, source)  # the merged video's tokens, in their frames' spans
+        new_starts = torch.sort((~merged_mask).to(torch.int8), dim=1, stable=True).indices[:, :merged.shape[2]]
     else:
         first_of_each = torch.arange(videos, device=embeds.device) * span + 1  # video j starts at count j*V + 1
         starts = (mask.long().cumsum(1)[:, :, None] == first_of_each).to(torch.int32).argmax(1).long()  # [B, videos]
@@ -101,12 +103,16 @@ def inner_stage(
     span_start: torch.Tensor,
     span_length: int,
     ratio: float,
+    frame_spans: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inner merge at layer K from layer K-1's q/k, on each visual span ``[span_start[b, j], +span_length)``
-    on its own: returns ``(hidden[B, L'', E], keep[B, L''])``."""
+    on its own, or with ``frame_spans`` on the video tokens ``span_start[B, V]`` (indices) wherever they
+    lie: returns ``(hidden[B, L'', E], keep[B, L''])``."""
     attention = last_query_attention(query, key, attn_mask, scale)
     if attention.shape[0] != hidden.shape[0]:
         attention = attention.expand(hidden.shape[0], -1)
+    if frame_spans:
+        return inner_merge(hidden, attention, span_start[:, 0], span_length, ratio, visual=span_start)
     keep = torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1)
     for video in reversed(range(span_start.shape[1])):  # the last first: earlier spans keep their starts
         hidden, kept = inner_merge(hidden, attention, span_start[:, video], span_length, ratio)
