@@ -16,6 +16,7 @@ import operator
 import torch
 import torch.fx as fx
 
+from .module_stack import decoder_layer
 from .context import GraphContext, RewriteError, is_weight, mark_inserted, shape_of
 
 _ROTARY_TARGETS = (torch.cos, torch.sin, "cos", "sin")
@@ -121,6 +122,9 @@ class SequenceLengthPass:
         old = video.length
         inner = self.ctx.inner
         inner_region = _downstream(inner.outputs) if inner else set()
+        if inner:  # and what layers K.. make from no input (an MoE layer's arange(k * L))
+            inner_region |= {n for n in graph.nodes
+                             if (decoder_layer(n, self.ctx.vision_classes) or -1) >= inner.layer}
         nodes = list(graph.nodes)
         after = nodes[nodes.index(video.last_inserted) + 1:]
         rewrites = 0
