@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from holitom_fx import HoliTomConfig
+from holitom_fx import HoliTomBackend, HoliTomConfig
 from holitom_fx.tiny import tiny_llava_next_video
 
 from . import reference_pipeline
 from .test_backend_llava_onevision import (FRAMES, IDENTITY, MERGING,
                                            assert_generate_matches_reference_with_vision_saliency,
-                                           assert_padded_batch_equals_each_row_alone, compiled_model, greedy,
-                                           video_inputs)
+                                           assert_padded_batch_equals_each_row_alone, compiled_model, graph_count,
+                                           greedy, video_inputs)
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
@@ -42,3 +42,12 @@ def test_generate_matches_the_eager_reference_pipeline_with_vision_saliency():
 def test_batch_of_two_with_left_padding_equals_each_row_alone():
     assert_padded_batch_equals_each_row_alone(HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off"),
                                               vision=True, factory=tiny_llava_next_video)
+
+
+@torch.no_grad()
+def test_no_added_graph_breaks_and_no_recompilation():
+    plain = graph_count(tiny_llava_next_video, lambda m: (lambda gm, _: gm.forward), video_inputs)
+    holitom = graph_count(tiny_llava_next_video, lambda m: HoliTomBackend(MERGING, compiler="eager").bind(m),
+                          video_inputs)
+    assert holitom[0] == plain[0]  # the vision tower's graph and the prefill/decode graphs, no more
+    assert holitom[1] == holitom[0]
