@@ -89,21 +89,14 @@ class OuterMergePass:
             raise RewriteError(f"the sequence at {scatter.name} is not [B, L, E] with static shapes")
         length, dim = shape_of(sequence)[1:]
         batch, row_span = boundary.span
-        grid_check, layout = None, ctx.layout
+        layout = ctx.layout
         positions = _rope_positions(graph, batch, length)
         rope = layout.rotary_axes == 3 or (layout.rotary_axes is None and positions is not None)
-        frame_spans = False
+        grid_check, frame_spans = None, False
         if rope:
             grid_check = self._rope_grid(positions, mask, token_id, batch, length)
-            videos, frames, per_frame = grid_check.grid
-            frame_spans = layout.frame_spans if layout.frame_spans is not None else videos > 1 and frames == 1
-            if frame_spans:  # every span is one frame of the row's one video
-                if frames != 1:
-                    raise RewriteError(f"frame spans of {frames} frames each: expected one frame per span")
-                videos, frames = 1, videos
+            videos, frames, per_frame, frame_spans = self._rope_layout(grid_check, row_span)
             pass_through, span = 0, row_span // videos
-            if span != frames * per_frame:
-                raise RewriteError(f"{row_span} video tokens per row are not {videos} videos of {frames} x {per_frame}")
         else:
             videos = self._videos_per_row(features, batch, row_span, dim)
             span = row_span // videos
@@ -151,6 +144,20 @@ class OuterMergePass:
             source=outputs[1], span_start=outputs[2], window_end=outputs[3], last_inserted=previous, videos=videos,
             grid_check=grid_check, frame_spans=frame_spans)
         return 1
+
+    def _rope_layout(self, grid_check: GridCheck, row_span: int) -> tuple[int, int, int, bool]:
+        """(videos per row, frames, tokens per frame, frames as spans) from an M-RoPE grid: spans of one
+        frame each are the frames of one video where the record says so (or, without one, always)."""
+        layout = self.ctx.layout
+        videos, frames, per_frame = grid_check.grid
+        frame_spans = layout.frame_spans if layout.frame_spans is not None else videos > 1 and frames == 1
+        if frame_spans:
+            if frames != 1:
+                raise RewriteError(f"frame spans of {frames} frames each: expected one frame per span")
+            videos, frames = 1, videos
+        if row_span != videos * frames * per_frame:
+            raise RewriteError(f"{row_span} video tokens per row are not {videos} videos of {frames} x {per_frame}")
+        return videos, frames, per_frame, frame_spans
 
     @staticmethod
     def _carried(scatter: fx.Node, features: fx.Node) -> list[fx.Node]:
