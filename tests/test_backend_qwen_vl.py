@@ -41,6 +41,16 @@ def inputs_for(model, frames=FRAMES, size=SIZE, before=(1, 2, 3), seed=0):
     return qwen_video_inputs(model, frames, size, list(before), [5, 6, 7, 8, 9], seed=seed)
 
 
+def assert_generate_matches_reference(model, family, inputs, cfg, new_tokens):
+    """``generate()`` of the compiled ``model``: prefill logits within 1e-4 of the eager reference pipeline
+    on an uncompiled twin, greedy tokens equal."""
+    expected_logits, expected_tokens = reference_pipeline.qwen_generate(tiny_qwen_vl(family), inputs, cfg,
+                                                                        new_tokens)
+    tokens, logits = greedy_with_first_logits(model, inputs, new_tokens)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    assert tokens == [expected_tokens]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @torch.no_grad()
 def test_identity_at_full_retain_without_inner_stage(family):
@@ -64,10 +74,7 @@ def test_generate_matches_the_eager_reference_at_representative_positions(family
     positions, decoding after the prompt's last position: as the eager reference computes them."""
     model, backend = compiled(family, cfg)
     inputs = inputs_for(model)
-    expected_logits, expected_tokens = reference_pipeline.qwen_generate(tiny_qwen_vl(family), inputs, cfg, 12)
-    tokens, logits = greedy_with_first_logits(model, inputs, 12)
-    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
-    assert tokens == [expected_tokens]
+    assert_generate_matches_reference(model, family, inputs, cfg, 12)
     report = backend.last_report
     assert (report.frames, report.tokens_in) == (FRAMES // 2, TOKENS)
     assert report.tokens_after_outer == round(cfg.retain_ratio * TOKENS)
@@ -172,10 +179,8 @@ def test_another_grid_with_the_same_token_count_gets_its_own_rewrite():
     for frames, size in ((8, 56), (2, 112)):
         inputs = inputs_for(model, frames=frames, size=size)
         assert inputs["input_ids"].shape[1] == 26
-        expected_logits, expected_tokens = reference_pipeline.qwen_generate(tiny_qwen_vl("qwen2_vl"), inputs, cfg, 8)
-        tokens, logits = greedy_with_first_logits(model, inputs, 8)
-        torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
-        assert tokens == [expected_tokens] and backend.last_report.frames == frames // 2
+        assert_generate_matches_reference(model, "qwen2_vl", inputs, cfg, 8)
+        assert backend.last_report.frames == frames // 2
     assert backend.fallbacks == 0
 
 
@@ -189,10 +194,7 @@ def test_mixed_prompts_merge_each_video_on_its_own_and_leave_images(family, part
     """Qwen3-VL joins the image's and the merged video's deepstack rows in one tensor: checked too."""
     model, backend = compiled(family, MERGING)
     inputs = qwen_prompt(model, parts)
-    expected_logits, expected_tokens = reference_pipeline.qwen_generate(tiny_qwen_vl(family), inputs, MERGING, 12)
-    tokens, logits = greedy_with_first_logits(model, inputs, 12)
-    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
-    assert tokens == [expected_tokens]
+    assert_generate_matches_reference(model, family, inputs, MERGING, 12)
     report = backend.last_report
     assert (report.videos, report.tokens_in) == (videos, videos * TOKENS)
     assert report.tokens_after_outer == videos * round(MERGING.retain_ratio * TOKENS)
@@ -212,10 +214,7 @@ def test_without_a_record_the_generic_path_reads_everything_off_the_graph(family
     assert layout_for(model.config) is GENERIC
     backend = HoliTomBackend(cfg, compiler="eager").bind(model)
     model.compile(backend=backend)
-    expected_logits, expected_tokens = reference_pipeline.qwen_generate(tiny_qwen_vl(family), inputs, cfg, 8)
-    tokens, logits = greedy_with_first_logits(model, inputs, 8)
-    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
-    assert tokens == [expected_tokens]
+    assert_generate_matches_reference(model, family, inputs, cfg, 8)
     report = backend.last_report
     assert (report.frames, report.tokens_after_outer) == (FRAMES // 2, round(cfg.retain_ratio * TOKENS))
 
@@ -229,10 +228,7 @@ def test_holitom_compile_through_inductor_matches_the_eager_reference(family):
     model = tiny_qwen_vl(family)
     backend = holitom_fx.compile(model, cfg)
     inputs = inputs_for(model)
-    expected_logits, expected_tokens = reference_pipeline.qwen_generate(tiny_qwen_vl(family), inputs, cfg, 8)
-    tokens, logits = greedy_with_first_logits(model, inputs, 8)
-    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
-    assert tokens == [expected_tokens]
+    assert_generate_matches_reference(model, family, inputs, cfg, 8)
     report = backend.last_report
     assert backend.fallbacks == 0 and report.tokens_after_outer == round(cfg.retain_ratio * TOKENS)
     assert report.inner_layer == 3 and report.tokens_after_inner == round(report.tokens_after_outer / 2)
