@@ -138,20 +138,31 @@ def propagate_fresh(gm: fx.GraphModule, inputs: list) -> None:
     try:
         FakeTensorProp(gm, fresh_fake_mode()).propagate(*inputs)
     except Exception:  # noqa: BLE001 - retried with real values below
-        _RealValueProp(gm, fresh_fake_mode()).run(*inputs)
+        run_on_real_inputs(gm, inputs, record=fresh_fake_mode())
 
 
-class _RealValueProp(fx.Interpreter):
-    """Runs a graph on real tensors, recording a fake of each value (values are freed as usual)."""
+def run_on_real_inputs(gm: fx.GraphModule, inputs: list, record: FakeTensorMode | None = None) -> None:
+    """Run ``gm`` once on real ``inputs`` (tensor inputs other than weights copied: none is mutated), no
+    grad; with ``record``, keep a fake of each value in ``meta["val"]``. Raises what the graph raises."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    copies = [x.clone() if isinstance(x, torch.Tensor) and not is_weight(node) else x
+              for node, x in zip(placeholders, inputs)]
+    with torch.no_grad():
+        _RecordingInterpreter(gm, record).run(*copies)
 
-    def __init__(self, gm: fx.GraphModule, mode: FakeTensorMode):
+
+class _RecordingInterpreter(fx.Interpreter):
+    """Runs a graph on real tensors, keeping a fake of each value when given a mode (values are freed as usual)."""
+
+    def __init__(self, gm: fx.GraphModule, mode: FakeTensorMode | None):
         super().__init__(gm)
         self.mode = mode
 
     def run_node(self, node: fx.Node):
         result = super().run_node(node)
-        node.meta["val"] = fx.node.map_aggregate(
-            result, lambda v: self.mode.from_tensor(v, static_shapes=True) if isinstance(v, torch.Tensor) else v)
+        if self.mode is not None:
+            node.meta["val"] = fx.node.map_aggregate(
+                result, lambda v: self.mode.from_tensor(v, static_shapes=True) if isinstance(v, torch.Tensor) else v)
         return result
 
 

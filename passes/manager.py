@@ -10,7 +10,7 @@ from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from .context import GraphContext, RewriteError, is_weight, propagate_fresh
+from .context import GraphContext, RewriteError, propagate_fresh, run_on_real_inputs
 from .decode_positions import DecodePositionPass
 from .inner_merge import InnerMergePass
 from .outer_merge import OuterMergePass
@@ -80,12 +80,8 @@ class PassManager:
             return
         if any(isinstance(x, FakeTensor) for x in inputs):
             raise RewriteError("data-dependent sizes in the rewritten graph and no real inputs to check them on")
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        copies = [x.clone() if isinstance(x, torch.Tensor) and not is_weight(node) else x
-                  for node, x in zip(placeholders, inputs)]
         try:
-            with torch.no_grad():
-                fx.Interpreter(gm).run(*copies)
+            run_on_real_inputs(gm, inputs)
         except Exception as err:  # noqa: BLE001 - any failure means the rewrite is unsafe
             raise RewriteError(f"rewritten graph fails on its example inputs: {type(err).__name__}: "
                                f"{str(err).splitlines()[0] if str(err) else ''}") from err
