@@ -79,7 +79,7 @@ from bench_ops import saliency_step, synthetic_video  # noqa: E402
 import holitom_fx  # noqa: E402
 from holitom_fx import HoliTomBackend, HoliTomConfig  # noqa: E402
 from holitom_fx.archs import layout_for  # noqa: E402
-from holitom_fx.ops import exact_budget, gather_tokens  # noqa: E402
+from holitom_fx.ops import exact_budget, gather_tokens, last_query_attention  # noqa: E402
 from holitom_fx.ops.stages import inner_stage, outer_stage  # noqa: E402
 from holitom_fx.tiny import synthetic_clip, video_prompt  # noqa: E402
 from passes.specialize import is_symbolic  # noqa: E402
@@ -292,7 +292,7 @@ def _merge_nodes(embeds, mask, video, frames, per_frame, pass_through, config_fi
                                                saliency, valid)
     if not inner:
         return spliced
-    hidden, keep = inner_stage(spliced, query, key, None, scale, span_start, merged, inner_ratio)
+    hidden, keep = inner_stage(spliced, last_query_attention(query, key, None, scale), span_start, merged, inner_ratio)
     return hidden, gather_tokens(cos, keep, (1,)), gather_tokens(sin, keep, (1,))
 
 

@@ -17,10 +17,10 @@ import torch
 import torch.fx as fx
 
 from passes.context import SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError
-from passes.decode_positions import POSITION_SHIFT
+from passes.dataflow import DataflowView
+from passes.decode_positions import POSITION_SHIFT, decode_position_input
 from passes.frame_grid import GridError, rope_frame_grid
 from passes.manager import PassManager
-from passes.module_stack import decoder_layer
 from passes.outer_merge import has_video_scatter
 from passes.specialize import is_symbolic, specialize, symbol_bindings
 
@@ -135,6 +135,8 @@ class HoliTomBackend:
         self.saliency_fallbacks = 0
         self.last_report: HoliTomReport | None = None
         self._said_saliency_fallback = False
+        self._merged_prefill_seen = False  # decode graphs take the position shift only after one
+        _enable_dynamo_capture()
 
     def bind(self, model: torch.nn.Module) -> "HoliTomBackend":
         """Take the architecture from ``model`` (otherwise from the module Dynamo traces)."""
@@ -150,11 +152,12 @@ class HoliTomBackend:
         model = self._bound
         if model is None:
             module = _module_from_dynamo_frame()
-            if module is not None and layout_for(getattr(module, "config", None)) is not None:
-                self._traced = _model_record(module)
+            if module is not None and (self._traced is None or layout_for(getattr(module, "config", None))):
+                self._traced = _model_record(module)  # a model with no config is read off its graphs alone
             model = self._traced
         config, layout, classes = model or (None, None, frozenset())
-        return GraphContext(self.config, layout, config, vision_classes=classes)
+        return GraphContext(self.config, layout, config, vision_classes=classes,
+                            merged_prefill_seen=self._merged_prefill_seen)
 
     def _compile(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
         ctx = self._context()
@@ -182,8 +185,26 @@ class HoliTomBackend:
         placeholders = [ctx.runtime_input(name).to(device) for name in ctx.extra_inputs]
         compiled = self._compiler(rewritten, list(example_inputs) + placeholders)
         runner = self._runtime(compiled, ctx, device, _is_prefill(gm.graph, ctx))
+        position_at = decode_position_input(gm.graph)
+        if ctx.video is None and POSITION_SHIFT not in ctx.extra_inputs and position_at is not None \
+                and ctx.positions == "compact":
+            runner = self._shifted_after_merge(runner, position_at, device)
         check = ctx.video.grid_check if ctx.video is not None else None
         return runner if check is None else self._grid_guarded(gm, runner, check)
+
+    def _shifted_after_merge(self, runner: Callable, position_at: int, device: torch.device) -> Callable:
+        """A decode graph compiled before any merged prefill (a text-only call came first): after one, its
+        position input is shifted outside the graph, as ``DecodePositionPass`` does inside later ones."""
+        shift = self._shift_tensor(device)
+
+        def run(*args):
+            if not self._merged_prefill_seen:
+                return runner(*args)
+            args = list(args)
+            args[position_at] = args[position_at] - shift
+            return runner(*args)
+
+        return run
 
     def _grid_guarded(self, gm: fx.GraphModule, runner: Callable, check: GridCheck) -> Callable:
         """A prefill merged on a frame grid read from the prompt's positions (M-RoPE): re-read the grid
@@ -298,6 +319,7 @@ class HoliTomBackend:
             extra, source = runtime_inputs()
             out = compiled(*args, *extra)
             shift.fill_(shift_value)
+            self._merged_prefill_seen = True
             self.last_report = report = HoliTomReport(
                 frames=video.frames, videos=video.videos,
                 tokens_in=video.videos * (video.tokens_in + video.pass_through),
@@ -317,9 +339,24 @@ class HoliTomBackend:
 
 def _is_prefill(graph: fx.Graph, ctx: GraphContext) -> bool:
     """A graph that runs decoder layers on a fresh prompt (no cache input)."""
-    nodes = list(graph.nodes)
-    return not any(n.op == "placeholder" and "past_key_values" in n.target for n in nodes) and any(
-        decoder_layer(n, ctx.vision_classes) is not None for n in nodes)
+    return not any(n.op == "placeholder" and "past_key_values" in n.target for n in graph.nodes) and bool(
+        DataflowView(graph, ctx.vision_classes).layers.decoder)
+
+
+#: Dynamo settings without which a video LLM's prompt graph splits before the merge can see it:
+#: transformers' placeholder check reads a count with ``.item()``; Qwen3-VL's deepstack indexes with
+#: a boolean mask (a data-dependent output shape).
+DYNAMO_CAPTURE = {"capture_scalar_outputs": True, "capture_dynamic_output_shape_ops": True}
+
+
+def _enable_dynamo_capture() -> None:
+    """Set ``DYNAMO_CAPTURE`` when a backend is created, before Dynamo traces with it; said once."""
+    changed = {name: value for name, value in DYNAMO_CAPTURE.items() if getattr(torch._dynamo.config, name) != value}
+    for name, value in changed.items():
+        setattr(torch._dynamo.config, name, value)
+    if changed:
+        log.info("HoliTom set %s so that the video's placement and the decoder trace into one graph",
+                 ", ".join(f"torch._dynamo.config.{name}={value}" for name, value in changed.items()))
 
 
 def _copy_graph(graph: fx.Graph) -> fx.Graph:
@@ -338,21 +375,16 @@ def compile(model: torch.nn.Module, config: HoliTomConfig | None = None, **compi
 
     ``generate()`` encodes the video outside ``forward`` (TRACING_NOTES), so the vision tower
     (the layout record's ``vision_tower`` submodule) is compiled too: its graph computes the
-    saliency from the encoder's own q/k and hands it to the merged prefill. Sets
-    ``torch._dynamo.config.capture_scalar_outputs`` so transformers' placeholder check
-    (``.item()``) does not split the forward, and ``capture_dynamic_output_shape_ops`` so a
-    boolean-mask index (Qwen3-VL's deepstack) does not split the boundary from the decoder; then
-    ``module.compile`` (``compile_kwargs`` go there).
+    saliency from the encoder's own q/k and hands it to the merged prefill; then ``module.compile``
+    (``compile_kwargs`` go there). Dynamo's capture settings are set by the backend (``DYNAMO_CAPTURE``).
     """
-    torch._dynamo.config.capture_scalar_outputs = True
-    torch._dynamo.config.capture_dynamic_output_shape_ops = True
     backend = HoliTomBackend(config).bind(model)
-    layout = layout_for(model.config)
+    layout = layout_for(getattr(model, "config", None))
     if layout is not None and layout.vision_tower:
         model.get_submodule(layout.vision_tower).compile(backend=backend, **compile_kwargs)
     else:
         log.info("HoliTom: no layout record names the vision tower of model type %r: it is not compiled apart "
                  "(a forward call that encodes in its own graph still gets the attention saliency)",
-                 getattr(model.config, "model_type", None))
+                 getattr(getattr(model, "config", None), "model_type", None))
     model.compile(backend=backend, **compile_kwargs)
     return backend

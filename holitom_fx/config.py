@@ -54,6 +54,8 @@ class HoliTomConfig:
             counts (data-dependent size, eager only).
         positions: ``"compact"`` renumbers the merged sequence contiguously (reference);
             ``"original"`` keeps each kept token at its representative's original position.
+        video_token_id: the placeholder id that marks video tokens, where the graph alone cannot tell the
+            video's placement from an image's (``None``: read off the graph, see ``passes/boundary.py``).
     """
 
     retain_ratio: float = 0.10
@@ -66,6 +68,7 @@ class HoliTomConfig:
     inner_ratio: float = 0.5
     budget: Literal["exact", "reference"] = "exact"
     positions: Literal["compact", "original"] = "compact"
+    video_token_id: int | None = None
 
     def __post_init__(self) -> None:
         r = self.retain_ratio
@@ -86,6 +89,8 @@ class HoliTomConfig:
         _require(self.budget in ("exact", "reference"), "budget", self.budget, "'exact' or 'reference'")
         _require(self.positions in ("compact", "original"), "positions", self.positions,
                  "'compact' or 'original'")
+        v = self.video_token_id
+        _require(v is None or (_is_int(v) and v >= 0), "video_token_id", v, "None or an integer >= 0")
 
     @property
     def inner_enabled(self) -> bool:

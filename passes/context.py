@@ -10,7 +10,7 @@ import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-from holitom_fx.archs import VideoLayout
+from holitom_fx.archs import GENERIC, VideoLayout
 from holitom_fx.config import HoliTomConfig
 
 
@@ -98,11 +98,17 @@ class GraphContext:
     extra_inputs: list[str] = field(default_factory=list)  # runtime inputs the backend appends
     notes: list[str] = field(default_factory=list)  # why a pass did nothing
     example_values: dict[str, torch.Tensor] = field(default_factory=dict)  # placeholder -> real example input
+    view: Any = None  # the graph's ``passes.dataflow.DataflowView``, refreshed by the manager before each pass
+    merged_prefill_seen: bool = False  # a prefill of this model was merged: its decode graphs get the shift
+
+    def __post_init__(self) -> None:
+        if self.layout is None:  # no record: everything is read off the graph
+            self.layout = GENERIC
 
     @property
     def positions(self) -> str:
         """The position scheme in force: M-RoPE models always keep representative positions (the spec)."""
-        rope = (self.layout is not None and self.layout.rotary_axes == 3) or (
+        rope = self.layout.rotary_axes == 3 or (
             self.video is not None and self.video.grid_check is not None)
         return "original" if rope else self.config.positions
 

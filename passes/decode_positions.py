@@ -25,22 +25,32 @@ def _is_position_input(node: fx.Node) -> bool:
     return node.op == "placeholder" and "position_ids" in node.target
 
 
+def decode_position_input(graph: fx.Graph) -> int | None:
+    """Index of a decode graph's one position-ids input among its placeholders, or None."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    positions = [i for i, n in enumerate(placeholders) if _is_position_input(n)]
+    return positions[0] if len(positions) == 1 and any(_is_cache_input(n) for n in placeholders) else None
+
+
 class DecodePositionPass:
+    """Only after a merged prefill of this model (``GraphContext.merged_prefill_seen``): a model that never
+    merged keeps its decode graphs as traced."""
+
     def __init__(self, ctx: GraphContext):
         self.ctx = ctx
 
     def __call__(self, graph: fx.Graph) -> int:
         ctx = self.ctx
-        if ctx.video is not None or ctx.positions != "compact":
+        if ctx.video is not None or ctx.positions != "compact" or not ctx.merged_prefill_seen:
+            return 0
+        at = decode_position_input(graph)
+        if at is None:
             return 0
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-        positions = [n for n in placeholders if _is_position_input(n)]
-        if not any(_is_cache_input(n) for n in placeholders) or len(positions) != 1:
-            return 0
         with graph.inserting_after(placeholders[-1]):
             shift = mark_inserted(graph.placeholder(POSITION_SHIFT))
         with graph.inserting_after(shift):
-            shifted = mark_inserted(graph.call_function(operator.sub, (positions[0], shift)))
-        positions[0].replace_all_uses_with(shifted, delete_user_cb=lambda user: user is not shifted)
+            shifted = mark_inserted(graph.call_function(operator.sub, (placeholders[at], shift)))
+        placeholders[at].replace_all_uses_with(shifted, delete_user_cb=lambda user: user is not shifted)
         ctx.extra_inputs.append(POSITION_SHIFT)
         return 1

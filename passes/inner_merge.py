@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import operator
 
+import torch
 import torch.fx as fx
 
-from holitom_fx.ops import gather_tokens, inner_kept_count
+from holitom_fx.ops import gather_tokens, inner_kept_count, last_query_attention, last_query_probabilities
 from holitom_fx.ops.stages import inner_stage
 
 from .context import (SDPA_TARGETS, GraphContext, InnerSite, RewriteError, is_weight, mark_inserted, sdpa_inputs,
                       shape_of)
-from .module_stack import decoder_layer
+
+_SOFTMAX_TARGETS = (torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax, "softmax")
+
 
 class InnerMergePass:
     """Insert ``inner_stage`` before layer K; layers K.. read the shortened hidden state.
@@ -19,6 +22,8 @@ class InnerMergePass:
     Layer K's input is the one tensor layer K reads from layer K-1. Every other tensor
     layers K.. read from before layer K that runs along the sequence (rotary cos/sin,
     masks) is gathered with the same kept indices, so kept tokens keep their positions.
+    The last query's attention comes from layer K-1's SDPA call (recomputed from its q/k) or,
+    for hand-written attention, from its own softmax over ``[B, H, L, L]`` scores.
     """
 
     def __init__(self, ctx: GraphContext):
@@ -28,8 +33,8 @@ class InnerMergePass:
         ctx = self.ctx
         if ctx.video is None:
             return 0
-        layer_of = {node: decoder_layer(node, ctx.vision_classes) for node in graph.nodes}
-        depth = max((layer for layer in layer_of.values() if layer is not None), default=-1) + 1
+        layer_of = ctx.view.layers.decoder
+        depth = ctx.view.layers.depth
         if depth < 2:
             ctx.notes.append("inner stage skipped: fewer than two decoder layers in this graph")
             return 0
@@ -41,23 +46,22 @@ class InnerMergePass:
             # mask from layer 0's cache length, which cannot mask a padded batch's shorter caches.
             ctx.notes.append("inner stage skipped: batch > 1 (per-layer cache lengths break padded decoding)")
             return 0
-        attention = [n for n in graph.nodes if n.target in SDPA_TARGETS and layer_of[n] == layer - 1]
-        if len(attention) != 1:
-            raise RewriteError(f"expected one SDPA call in decoder layer {layer - 1}, found {len(attention)}")
-        order = {node: index for index, node in enumerate(graph.nodes)}
-        first = next(n for n in graph.nodes if layer_of[n] == layer)
-        inputs = {a for n in graph.nodes if layer_of[n] == layer for a in n.all_input_nodes if layer_of[a] == layer - 1}
+        order = ctx.view.order
+        first = next(n for n in graph.nodes if layer_of.get(n) == layer)
+        inputs = {a for n in graph.nodes if layer_of.get(n) == layer for a in n.all_input_nodes
+                  if layer_of.get(a) == layer - 1}
         traced_length, length = ctx.video.length, ctx.video.new_length  # metadata still holds the traced L
         hidden = [a for a in inputs if (shape_of(a) or (0, 0))[:2] == (ctx.video.batch, traced_length)]
         if len(hidden) != 1:
             raise RewriteError(f"cannot tell decoder layer {layer}'s input hidden state apart ({len(hidden)} candidates)")
         hidden = hidden[0]
 
-        query, key, attn_mask, scale = sdpa_inputs(attention[0])
+        with graph.inserting_before(first):
+            attention = mark_inserted(self._last_query_attention(graph, layer - 1, traced_length))
         span = ctx.video.merged_tokens
         with graph.inserting_before(first):
             stage = mark_inserted(graph.call_function(
-                inner_stage, (hidden, query, key, attn_mask, scale, ctx.video.span_start, span, ctx.config.inner_ratio),
+                inner_stage, (hidden, attention, ctx.video.span_start, span, ctx.config.inner_ratio),
                 {"frame_spans": ctx.video.frame_spans}))
             merged = mark_inserted(graph.call_function(operator.getitem, (stage, 0)))
             keep = mark_inserted(graph.call_function(operator.getitem, (stage, 1)))
@@ -70,9 +74,10 @@ class InnerMergePass:
                 if arg in replacements or order.get(arg, len(order)) >= order[first] or is_weight(arg):
                     continue
                 shape = shape_of(arg)
-                if shape is None or traced_length not in shape[1:]:
+                if shape is None or traced_length not in shape:
                     continue
-                dims = tuple(d for d in range(1, len(shape)) if shape[d] == traced_length)
+                # batch 1 here: a leading L is a sequence dim (a mask [L, L] shared by the layers)
+                dims = tuple(d for d, size in enumerate(shape) if size == traced_length and (d or size != 1))
                 with graph.inserting_before(first):
                     replacements[arg] = mark_inserted(graph.call_function(gather_tokens, (arg, keep, dims)))
             node.args = fx.map_arg(node.args, lambda a: replacements.get(a, a))
@@ -83,3 +88,17 @@ class InnerMergePass:
                               new_length=length - ctx.video.videos * (span - kept_visual),
                               outputs=list(replacements.values()))
         return len(replacements)
+
+    def _last_query_attention(self, graph: fx.Graph, layer: int, length: int) -> fx.Node:
+        """A node computing layer ``layer``'s head-averaged attention of the last query, ``[B, L]``."""
+        in_layer = [n for n, index in self.ctx.view.layers.decoder.items() if index == layer]
+        calls = [n for n in in_layer if n.target in SDPA_TARGETS]
+        if len(calls) == 1:
+            query, key, attn_mask, scale = sdpa_inputs(calls[0])
+            return graph.call_function(last_query_attention, (query, key, attn_mask, scale))
+        softmaxes = [n for n in in_layer if n.target in _SOFTMAX_TARGETS and (shape_of(n) or ())[-2:] == (length, length)
+                     and len(shape_of(n)) == 4]
+        if not calls and len(softmaxes) == 1:
+            return graph.call_function(last_query_probabilities, (softmaxes[0],))
+        raise RewriteError(f"decoder layer {layer}: expected one attention (an SDPA call or a softmax over "
+                           f"[B, H, {length}, {length}] scores), found {len(calls)} SDPA and {len(softmaxes)} softmax")

@@ -11,6 +11,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from .context import GraphContext, RewriteError, propagate_fresh, run_on_real_inputs
+from .dataflow import DataflowView
 from .decode_positions import DecodePositionPass
 from .inner_merge import InnerMergePass
 from .outer_merge import OuterMergePass
@@ -33,7 +34,10 @@ class PassManager:
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         self.ctx.example_values = {n.name: value for n, value in zip(placeholders, example_inputs)
                                    if isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor)}
-        counts = {type(p).__name__: p(gm.graph) for p in self.passes}
+        counts = {}
+        for rewrite in self.passes:
+            self.ctx.view = DataflowView(gm.graph, self.ctx.vision_classes)
+            counts[type(rewrite).__name__] = rewrite(gm.graph)
         if any(counts.values()):
             gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output") or n.is_impure()
                                        or n.meta.get("holitom_side_effect", False))

@@ -1,14 +1,26 @@
-"""The one place that reads ``nn_module_stack``: which decoder or vision layer a node belongs to."""
+"""The one place that reads ``nn_module_stack``: which numbered layer of which stack a node belongs to.
+
+A stack is any module container whose children are numbered (``layers``, ``blocks``, ``h``, ...);
+whether it is the decoder or an encoder is a dataflow question (``passes.dataflow``), not a name.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch.fx as fx
 
-# `...language_model.layers.3.self_attn`, `...visual.blocks.3.attn` or `..._modules['layers']._modules['3']...`
-_LAYER = re.compile(r"(?:layers|blocks)(?:\.|'\]\._modules\[')(\d+)")
-_VISION = re.compile(r"vision|visual|image_encoder|_tower", re.IGNORECASE)  # video_tower, image_tower
+# `L['self']._modules['layers']._modules['3']` and `L['self'].layers[3]` read as `L['self'].layers.3`
+_MODULES_ITEM = re.compile(r"\._modules\[['\"]([^'\"]+)['\"]\]|\[['\"]?(\d+)['\"]?\]")
+_VISION = re.compile(r"vision|visual|image_encoder|_tower", re.IGNORECASE)  # a hint where dataflow has none
+
+
+@dataclass(frozen=True)
+class LayerSlot:
+    stack: str  # path of the container, e.g. "L['self'].model.language_model.layers"
+    index: int
+    vision_path: bool  # the path or a module class says "vision tower" (used only without token ids)
 
 
 def module_path(node: fx.Node) -> str:
@@ -20,33 +32,21 @@ def module_path(node: fx.Node) -> str:
     if not entries:
         return ""
     last = entries[-1]
-    return last[0] if isinstance(last, tuple) else str(last)
+    path = last[0] if isinstance(last, tuple) else str(last)
+    return _MODULES_ITEM.sub(lambda m: "." + (m.group(1) or m.group(2)), path)
 
 
-def _layer_index(path: str) -> int | None:
-    found = _LAYER.findall(path)
-    return int(found[-1]) if found else None
-
-
-def _in_vision_tower(node: fx.Node, path: str, vision_classes: frozenset[type]) -> bool:
-    """By path, or by module class: a graph traced from inside the vision tower (the tower compiled
-    on its own, a frame resumed after a graph break) has paths like ``L['self'].layers.3``."""
+def layer_slot(node: fx.Node, vision_classes: frozenset[type] = frozenset()) -> LayerSlot | None:
+    """The outermost numbered container on the node's module path and its index there (an MoE expert
+    list inside a decoder layer is not a stack of its own), or None."""
+    path = module_path(node)
+    if not path:
+        return None
+    parts = path.split(".")
+    at = next((i for i, part in enumerate(parts) if part.isdigit() and i > 0), None)
+    if at is None:
+        return None
     stack = node.meta.get("nn_module_stack") or {}
-    return bool(_VISION.search(path)) or any(
+    vision = bool(_VISION.search(path)) or any(
         isinstance(entry, tuple) and entry[1] in vision_classes for entry in stack.values())
-
-
-def decoder_layer(node: fx.Node, vision_classes: frozenset[type] = frozenset()) -> int | None:
-    """Index of the language-model decoder layer the node was traced in, or None."""
-    path = module_path(node)
-    if not path or _in_vision_tower(node, path, vision_classes):
-        return None
-    return _layer_index(path)
-
-
-def vision_layer(node: fx.Node, vision_classes: frozenset[type] = frozenset()) -> int | None:
-    """Index of the vision-encoder layer the node was traced in, or None."""
-    path = module_path(node)
-    if not path or not _in_vision_tower(node, path, vision_classes):
-        return None
-    return _layer_index(path)
+    return LayerSlot(".".join(parts[:at]), int(parts[at]), vision)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import operator
 from dataclasses import astuple
 
-import torch
 import torch.fx as fx
 
 from holitom_fx.archs import infer_saliency_grid
@@ -15,39 +14,31 @@ from holitom_fx.ops.stages import outer_stage
 from .boundary import find_video_boundary
 from .vision_saliency import insert_pooling
 from .context import (SALIENCY, SALIENCY_VALID, WINDOW_END, GridCheck, GraphContext, RewriteError, VideoSite,
-                      is_weight, mark_inserted, shape_of, tensor_of)
+                      is_weight, mark_inserted, shape_of)
 from .frame_grid import GridError, rope_frame_grid
-from .module_stack import decoder_layer, module_path
+from .dataflow import DataflowView, is_integer
+from .module_stack import module_path
+
+def known_video_ids(ctx: GraphContext) -> tuple[tuple[int, ...], bool]:
+    """(ids known to mark video placeholders, whether the user set them): ``HoliTomConfig.video_token_id``
+    settles it; else a model config's video token (knowledge that breaks ties, never a precondition)."""
+    if ctx.config.video_token_id is not None:
+        return (ctx.config.video_token_id,), True
+    known = ctx.layout.video_token_id(ctx.model_config) if ctx.model_config is not None else None
+    return ((known,) if known is not None else ()), False
+
 
 def has_video_scatter(graph: fx.Graph, ctx: GraphContext) -> bool:
     """Whether the graph places video features (the outer pass would rewrite it)."""
-    if ctx.layout is None or ctx.model_config is None:
-        return False
-    token_id = ctx.layout.video_token_id(ctx.model_config)
     try:
-        return token_id is not None and find_video_boundary(graph, token_id) is not None
+        return find_video_boundary(DataflowView(graph, ctx.vision_classes), *known_video_ids(ctx)) is not None
     except RewriteError:  # more than one: the outer pass says why
         return True
 
 
-def _ancestors(node: fx.Node) -> set[fx.Node]:
-    seen, stack = set(), [node]
-    while stack:
-        current = stack.pop()
-        if current not in seen:
-            seen.add(current)
-            stack.extend(current.all_input_nodes)
-    return seen
-
-
-def _is_integer(node: fx.Node) -> bool:
-    value = tensor_of(node)
-    return value is not None and not value.is_floating_point() and value.dtype != torch.bool
-
-
 def _rope_positions(graph: fx.Graph, batch: int, length: int) -> fx.Node | None:
     """The graph's M-RoPE position ids input ``[3 or 4, B, L]`` (integers), if it takes one."""
-    found = [n for n in graph.nodes if n.op == "placeholder" and not is_weight(n) and _is_integer(n)
+    found = [n for n in graph.nodes if n.op == "placeholder" and not is_weight(n) and is_integer(n)
              and shape_of(n) is not None and len(shape_of(n)) == 3 and shape_of(n)[0] in (3, 4)
              and shape_of(n)[1:] == (batch, length)]
     return found[0] if len(found) == 1 else None
@@ -67,18 +58,15 @@ class OuterMergePass:
 
     def __call__(self, graph: fx.Graph) -> int:
         ctx = self.ctx
-        if ctx.layout is None or ctx.model_config is None:
-            ctx.notes.append("the model's config names no video token")
-            return 0
-        token_id = ctx.layout.video_token_id(ctx.model_config)
-        boundary = find_video_boundary(graph, token_id) if token_id is not None else None
+        boundary = find_video_boundary(ctx.view, *known_video_ids(ctx))
         if boundary is None:
-            ctx.notes.append("no video tokens scattered in this graph")
+            ctx.notes.append("no video in this graph")
             return 0
         scatter, sequence, mask, features = boundary.anchor, boundary.sequence, boundary.mask, boundary.features
-        nodes = list(graph.nodes)
-        if any(module_path(n) for n in nodes) and not any(
-                decoder_layer(n, ctx.vision_classes) is not None for n in nodes[nodes.index(scatter):]):
+        known, _ = known_video_ids(ctx)
+        token_id = next((i for i in boundary.token_ids if i in known), boundary.token_ids[0])
+        if any(module_path(n) for n in graph.nodes) and not any(
+                ctx.view.order[n] > ctx.view.order[scatter] for n in ctx.view.layers.decoder):
             # A model's graph ending soon after the boundary (a graph break): later graphs would read a
             # shortened sequence next to the model's own full-length positions and masks.
             ctx.notes.append("no decoder layer runs in the graph that scatters the video (a graph break after "
@@ -107,7 +95,7 @@ class OuterMergePass:
         merged = exact_budget(frames, per_frame, ctx.config.retain_ratio) + pass_through
         saliency = self._saliency(graph, features, (batch * videos * frames, per_frame))
         carries = layout.carries_visual_features if layout.carries_visual_features is not None else rope
-        carried = self._carried(scatter, features) if carries else []
+        carried = self._carried(ctx.view, scatter, features) if carries else []
 
         with graph.inserting_after(scatter):
             stage = mark_inserted(graph.call_function(
@@ -115,7 +103,7 @@ class OuterMergePass:
                               *saliency), {"videos": videos, "frame_spans": frame_spans,
                                            "carried": tuple(carried)}))
         order = {node: index for index, node in enumerate(graph.nodes)}
-        late = {a for node in carried for a in _ancestors(node) if order[a] > order[stage]}
+        late = {a for node in carried for a in ctx.view.ancestors(node) | {node} if order[a] > order[stage]}
         for node in sorted(late, key=order.get):  # made after the boundary from what precedes it: moved up
             stage.prepend(node)
         outputs = []
@@ -160,7 +148,7 @@ class OuterMergePass:
         return videos, frames, per_frame, frame_spans
 
     @staticmethod
-    def _carried(scatter: fx.Node, features: fx.Node) -> list[fx.Node]:
+    def _carried(view: DataflowView, scatter: fx.Node, features: fx.Node) -> list[fx.Node]:
         """Tensors with one row per video feature, read after the boundary but not made from the features
         (Qwen3-VL's deepstack features): merged along with them."""
         order = {node: index for index, node in enumerate(scatter.graph.nodes)}
@@ -169,19 +157,19 @@ class OuterMergePass:
         for node in scatter.graph.nodes:
             shape = shape_of(node)
             if node is features or rows is None or shape is None or len(shape) != 2 or shape[0] != rows \
-                    or is_weight(node) or features in _ancestors(node):
+                    or is_weight(node) or view.reaches(features, node):
                 continue
             if any(order[user] > order[scatter] for user in node.users) and all(
                     order[user] > order[scatter] for user in node.users):
                 found.append(node)
         # the last step of each chain (a cat of per-video placeholders, not the placeholders too)
-        return [node for node in found if not any(node in _ancestors(other) for other in found if other is not node)]
+        return [node for node in found if not any(view.reaches(node, other) for other in found if other is not node)]
 
     def _rope_grid(self, positions: fx.Node | None, mask: fx.Node, token_id: int, batch: int,
                    length: int) -> GridCheck:
         """The frame grid of an M-RoPE model, read from the real position ids of this call (``frame_grid``)."""
         ctx = self.ctx
-        ids = [n for n in _ancestors(mask) if n.op == "placeholder" and _is_integer(n)
+        ids = [n for n in ctx.view.ancestors(mask) if n.op == "placeholder" and is_integer(n)
                and shape_of(n) == (batch, length)]
         if positions is None or len(ids) != 1:
             raise RewriteError("the 3-D rotary position ids are not a graph input (generate() passes them; a "
@@ -239,7 +227,7 @@ class OuterMergePass:
         inputs the backend fills from the graph that encoded the video, or marks invalid (feature-norm
         fallback)."""
         ctx = self.ctx
-        upstream = _ancestors(features) if ctx.saliency_candidates else set()
+        upstream = ctx.view.ancestors(features) | {features} if ctx.saliency_candidates else set()
         in_graph = [(n, found) for n, found in ctx.saliency_candidates.items() if found.anchor in upstream
                     and found.frames == shape[0] and (found.tokens == shape[1] or not found.pooled)]
         last_layer = max((found.layer for _, found in in_graph), default=None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch.fx as fx
 
 from .context import GraphContext
-from .module_stack import decoder_layer
 
 
 class SaliencyExportPass:
@@ -24,7 +23,7 @@ class SaliencyExportPass:
         unused = [node for node, found in ctx.saliency_candidates.items() if found.pooled and not node.users]
         if ctx.video is not None or not unused:
             return 0
-        if any(decoder_layer(node, ctx.vision_classes) is not None for node in graph.nodes):
+        if ctx.view.layers.decoder:
             ctx.notes.append("saliency not exported: this graph runs the language model too")
             return 0
         if len(unused) != 1:

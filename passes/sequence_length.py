@@ -16,7 +16,6 @@ import operator
 import torch
 import torch.fx as fx
 
-from .module_stack import decoder_layer
 from .context import GraphContext, RewriteError, is_weight, mark_inserted, shape_of
 
 _ROTARY_TARGETS = (torch.cos, torch.sin, "cos", "sin")
@@ -124,7 +123,7 @@ class SequenceLengthPass:
         inner_region = _downstream(inner.outputs) if inner else set()
         if inner:  # and what layers K.. make from no input (an MoE layer's arange(k * L))
             inner_region |= {n for n in graph.nodes
-                             if (decoder_layer(n, self.ctx.vision_classes) or -1) >= inner.layer}
+                             if self.ctx.view.layers.decoder.get(n, -1) >= inner.layer}
         nodes = list(graph.nodes)
         after = nodes[nodes.index(video.last_inserted) + 1:]
         rewrites = 0

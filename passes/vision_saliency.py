@@ -15,7 +15,6 @@ from holitom_fx.archs import SaliencyGrid
 from holitom_fx.ops import attention_received, pool_saliency
 
 from .context import SDPA_TARGETS, GraphContext, SaliencyCandidate, mark_inserted, sdpa_inputs, shape_of
-from .module_stack import vision_layer
 
 
 def insert_pooling(graph: fx.Graph, saliency: fx.Node, grid: SaliencyGrid) -> fx.Node:
@@ -31,11 +30,9 @@ class VisionSaliencyPass:
 
     def __call__(self, graph: fx.Graph) -> int:
         ctx = self.ctx
-        if ctx.layout is None:
-            return 0
         by_layer: dict[int, list[fx.Node]] = {}
         for node in graph.nodes:
-            layer = vision_layer(node, ctx.vision_classes) if node.target in SDPA_TARGETS else None
+            layer = ctx.view.layers.vision.get(node) if node.target in SDPA_TARGETS else None
             if layer is not None:
                 by_layer.setdefault(layer, []).append(node)
         if not by_layer:
@@ -57,5 +54,5 @@ class VisionSaliencyPass:
                 saliency = insert_pooling(graph, saliency, grid)
             tokens = grid.pooled_side ** 2 if grid is not None else patches
             ctx.saliency_candidates[saliency] = SaliencyCandidate(
-                attention, vision_layer(attention, ctx.vision_classes), frames, tokens, pooled=grid is not None)
+                attention, ctx.view.layers.vision[attention], frames, tokens, pooled=grid is not None)
         return len(anchors)

@@ -4,7 +4,7 @@ from .inner import inner_kept_count, inner_merge
 from .outer import OuterMergeResult, exact_budget, outer_merge
 from .saliency import attention_received, feature_saliency, pool_saliency
 from .segmentation import Segmentation, frame_similarity, segment_frames
-from .sequence import gather_tokens, last_query_attention, place_by_frame, splice_span
+from .sequence import gather_tokens, last_query_attention, last_query_probabilities, place_by_frame, splice_span
 
 __all__ = [
     "OuterMergeResult",
@@ -17,6 +17,7 @@ __all__ = [
     "inner_kept_count",
     "inner_merge",
     "last_query_attention",
+    "last_query_probabilities",
     "outer_merge",
     "place_by_frame",
     "pool_saliency",

@@ -103,13 +103,26 @@ def last_query_attention(
     return scores.softmax(-1).mean(1)[:, 0, :]
 
 
+def last_query_probabilities(probabilities: torch.Tensor) -> torch.Tensor:
+    """Head-averaged attention of the last query, ``[B, L_kv]`` fp32, read from a decoder's own softmax
+    output ``[B, H, L, L_kv]`` (hand-written attention: ``softmax(q @ k^T * scale + mask) @ v``)."""
+    return probabilities[:, :, -1, :].float().mean(1)
+
+
 def gather_tokens(x: torch.Tensor, keep: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """Keep tokens ``keep[B, L'']`` along the sequence dims ``dims`` of ``x`` (never dim 0).
+    """Keep tokens ``keep[B, L'']`` along the sequence dims ``dims`` of ``x``.
 
     Used for what layers K.. read besides the hidden state: rotary cos/sin ``[B, L, D]``,
-    masks ``[B, 1, L, L]``. A batch dim of 1 is broadcast to B.
+    masks ``[B, 1, L, L]``. A batch dim of 1 is broadcast to B. Dim 0 is a sequence dim only
+    for a tensor without a batch dim (a shared ``[L, L]`` mask), read with batch 1.
     """
     batch, kept = keep.shape
+    if 0 in dims:
+        if batch != 1:
+            raise ValueError(f"a tensor without a batch dim is gathered along dim 0 only for batch 1, not {batch}")
+        for dim in dims:
+            x = x.index_select(dim, keep[0])
+        return x
     for dim in dims:
         if x.shape[0] != batch:
             x = x.expand(batch, *x.shape[1:])

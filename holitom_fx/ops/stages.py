@@ -12,7 +12,7 @@ from ..config import HoliTomConfig
 from .inner import inner_merge
 from .outer import outer_merge
 from .saliency import feature_saliency
-from .sequence import last_query_attention, place_by_frame, splice_span
+from .sequence import place_by_frame, splice_span
 
 
 def outer_stage(
@@ -96,19 +96,16 @@ def outer_stage(
 
 def inner_stage(
     hidden: torch.Tensor,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    attn_mask: torch.Tensor | None,
-    scale: float | None,
+    attention: torch.Tensor,
     span_start: torch.Tensor,
     span_length: int,
     ratio: float,
     frame_spans: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inner merge at layer K from layer K-1's q/k, on each visual span ``[span_start[b, j], +span_length)``
-    on its own, or with ``frame_spans`` on the video tokens ``span_start[B, V]`` (indices) wherever they
-    lie: returns ``(hidden[B, L'', E], keep[B, L''])``."""
-    attention = last_query_attention(query, key, attn_mask, scale)
+    """Inner merge at layer K from layer K-1's last-query attention ``[B or 1, L]`` (``last_query_attention``
+    of its q/k, or ``last_query_probabilities`` of its own softmax), on each visual span
+    ``[span_start[b, j], +span_length)`` on its own, or with ``frame_spans`` on the video tokens
+    ``span_start[B, V]`` (indices) wherever they lie: returns ``(hidden[B, L'', E], keep[B, L''])``."""
     if attention.shape[0] != hidden.shape[0]:
         attention = attention.expand(hidden.shape[0], -1)
     if frame_spans:

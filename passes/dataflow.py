@@ -1,0 +1,112 @@
+"""One networkx view of an FX graph: the dataflow questions the passes ask, answered by reachability.
+
+An edge runs from each node to every node that reads it. The passes ask: what does this tensor
+descend from (the pixel input? the token ids?), which decoder-layer stack reads the sequence,
+which encoder stack feeds the features. The view is built once per pass (``PassManager``
+refreshes it after each rewrite); nothing walks the FX graph by hand for these questions.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+import torch.fx as fx
+
+from .context import is_weight, tensor_of
+from .module_stack import layer_slot
+
+_EMBEDDING_TARGETS = (torch.nn.functional.embedding, torch.embedding, "embedding")
+_INDEX_STEPS = 3  # ops allowed between the token ids and their embedding lookup (a clamp, a clone, a view)
+
+
+def is_integer(node: fx.Node) -> bool:
+    value = tensor_of(node)
+    return value is not None and not value.is_floating_point() and value.dtype != torch.bool
+
+
+def is_floating(node: fx.Node) -> bool:
+    value = tensor_of(node)
+    return value is not None and value.is_floating_point()
+
+
+@dataclass(frozen=True)
+class LayerStacks:
+    """Which numbered layer each node was traced in, split into the language model's decoder stack
+    (the one reading the embedded token ids) and every other stack (the vision encoder's)."""
+
+    decoder: dict[fx.Node, int]
+    vision: dict[fx.Node, int]
+
+    @property
+    def depth(self) -> int:
+        return max(self.decoder.values(), default=-1) + 1
+
+
+class DataflowView:
+    """A ``networkx.DiGraph`` of one FX graph (node -> its readers), with the queries the passes share."""
+
+    def __init__(self, graph: fx.Graph, vision_classes: frozenset[type] = frozenset()):
+        self.graph = graph
+        self.vision_classes = vision_classes
+        self._ancestors: dict[fx.Node, frozenset[fx.Node]] = {}
+        self._descendants: dict[fx.Node, frozenset[fx.Node]] = {}
+        self.order = {node: index for index, node in enumerate(graph.nodes)}
+        self.digraph = nx.DiGraph()
+        self.digraph.add_nodes_from(graph.nodes)
+        self.digraph.add_edges_from((source, node) for node in graph.nodes for source in node.all_input_nodes)
+
+    def ancestors(self, node: fx.Node) -> frozenset[fx.Node]:
+        if node not in self._ancestors:
+            self._ancestors[node] = frozenset(nx.ancestors(self.digraph, node))
+        return self._ancestors[node]
+
+    def descendants(self, node: fx.Node) -> frozenset[fx.Node]:
+        if node not in self._descendants:
+            self._descendants[node] = frozenset(nx.descendants(self.digraph, node))
+        return self._descendants[node]
+
+    def reaches(self, source: fx.Node, target: fx.Node) -> bool:
+        return source is target or source in self.ancestors(target)
+
+    def inputs_of(self, node: fx.Node) -> list[fx.Node]:
+        """The graph inputs (not weights) ``node`` descends from, in graph order."""
+        return sorted((a for a in self.ancestors(node) if a.op == "placeholder" and not is_weight(a)),
+                      key=self.order.get)
+
+    @functools.cached_property
+    def token_ids(self) -> frozenset[fx.Node]:
+        """Integer graph inputs looked up in an embedding table within a few steps: the prompt's token ids
+        (and learned absolute positions, which belong to the language model as well)."""
+        found = set()
+        for lookup in (n for n in self.graph.nodes if n.target in _EMBEDDING_TARGETS):
+            weight, indices = (lookup.args[1], lookup.args[0]) if lookup.target is torch.nn.functional.embedding \
+                else (lookup.args[0], lookup.args[1])
+            if not isinstance(indices, fx.Node) or not isinstance(weight, fx.Node):
+                continue
+            frontier = [indices]
+            for _ in range(_INDEX_STEPS + 1):
+                found |= {n for n in frontier if n.op == "placeholder" and not is_weight(n) and is_integer(n)}
+                frontier = [a for n in frontier for a in n.all_input_nodes if not is_weight(a)]
+        return frozenset(found)
+
+    @functools.cached_property
+    def layers(self) -> LayerStacks:
+        """Decoder and vision layers by dataflow: a stack of numbered layers (any container name) whose
+        nodes read the embedded token ids is the decoder; the others are encoders. A graph without token
+        ids (an encoder compiled on its own) has only encoder stacks, unless ``layer_slot`` marks a
+        stack as the language model's by its path (a frame resumed inside the decoder)."""
+        slots = {node: layer_slot(node, self.vision_classes) for node in self.graph.nodes}
+        text = set().union(*(self.descendants(ids) for ids in self.token_ids)) if self.token_ids else set()
+        by_stack: dict[str, list[fx.Node]] = {}
+        for node, slot in slots.items():
+            if slot is not None:
+                by_stack.setdefault(slot.stack, []).append(node)
+        decoder, vision = {}, {}
+        for stack, nodes in by_stack.items():
+            reads_text = any(n in text for n in nodes) if text else not any(slots[n].vision_path for n in nodes)
+            target = decoder if reads_text else vision
+            target.update((n, slots[n].index) for n in nodes)
+        return LayerStacks(decoder, vision)
