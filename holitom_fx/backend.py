@@ -22,7 +22,7 @@ from passes.decode_positions import POSITION_SHIFT, decode_position_input
 from passes.frame_grid import GridError, rope_frame_grid
 from passes.manager import PassManager
 from passes.outer_merge import has_video_scatter
-from passes.specialize import is_symbolic, specialize, symbol_bindings
+from passes.specialize import ScalarProbe, is_symbolic, scalar_reads, specialize, symbol_bindings
 
 from .archs import VideoLayout, layout_for
 from .config import HoliTomConfig
@@ -161,7 +161,7 @@ class HoliTomBackend:
 
     def _compile(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
         ctx = self._context()
-        if is_symbolic(gm) and has_video_scatter(gm.graph, ctx):
+        if (is_symbolic(gm) or scalar_reads(gm)) and has_video_scatter(gm.graph, ctx):
             return self._specializing(gm)
         rewritten = fx.GraphModule(gm, _copy_graph(gm.graph))
         record = GraphRecord(nodes=len(gm.graph.nodes), rewrites={}, boundary=None, notes=ctx.notes)
@@ -233,6 +233,7 @@ class HoliTomBackend:
         Done at the first call of each length, outside Dynamo's tracing, from the real arguments.
         """
         variants: dict[tuple, Callable] = {}
+        probe = ScalarProbe(gm) if scalar_reads(gm) else None
 
         def compile_variant(args: list) -> Callable:
             try:
@@ -246,8 +247,10 @@ class HoliTomBackend:
 
         def run(*args):
             key = tuple(sorted((str(symbol), value) for symbol, value in symbol_bindings(gm, args).items()))
+            if probe is not None:  # and the values the model reads with .item() (a split point)
+                key += tuple(("read", value) for value in probe(list(args)))
             if key not in variants:
-                log.info("HoliTom: specializing a dynamic-shape prefill graph for %s", dict(key))
+                log.info("HoliTom: specializing a data-dependent prefill graph for %s", dict(key))
                 variants[key] = compile_variant(list(args))
             return variants[key](*args)
 
@@ -360,9 +363,11 @@ def _enable_dynamo_capture() -> None:
 
 
 def _copy_graph(graph: fx.Graph) -> fx.Graph:
-    copied = fx.Graph()
-    output = copied.graph_copy(graph, {})
-    copied.output(output)
+    copied, copies = fx.Graph(), {}
+    copied.output(copied.graph_copy(graph, copies))
+    for node in copied.nodes:  # node references in metadata follow the copy
+        if "holitom_scalar_sources" in node.meta:
+            node.meta["holitom_scalar_sources"] = {copies[n] for n in node.meta["holitom_scalar_sources"] if n in copies}
     return copied
 
 

@@ -8,7 +8,10 @@ the embeddings do not descend from. The placeholder id ``c`` is read off the gra
 * ``embeds.masked_scatter(mask, features)`` (transformers' video LLMs today);
 * ``embeds.index_put((mask,), features)``;
 * ``embeds[mask] = features`` (in place: later reads of ``embeds`` see the video);
-* ``torch.where(mask, placed, embeds)`` with ``placed`` gathered from the features.
+* ``torch.where(mask, placed, embeds)`` with ``placed`` gathered from the features;
+* ``torch.cat([embeds[:, :p], features, embeds[:, p + 1:]], dim=1)`` around one placeholder, ``p`` read
+  off ``ids == c`` (the graph is specialized per ``p`` first: ``passes.specialize``). No mask exists
+  there: the outer pass makes one for the features' span (``ops.span_mask``).
 
 Several candidates (an image and a video): the one whose placeholder id is the known video token
 (``HoliTomConfig.video_token_id``, else the model config's), else the one fed by a video input
@@ -25,7 +28,7 @@ from typing import Callable
 import torch
 import torch.fx as fx
 
-from .context import RewriteError, is_weight, shape_of
+from .context import RewriteError, is_weight, shape_of, tensor_of
 from .dataflow import DataflowView, is_floating, is_integer
 
 _EQ_TARGETS = (operator.eq, torch.eq, "eq", "__eq__", torch.Tensor.eq)
@@ -42,6 +45,13 @@ class Boundary:
     embeds: fx.Node | None = None  # the sequence before the placement
     token_ids: tuple[int, ...] = ()  # the placeholder ids the mask compares with
     video_input: bool = False  # the features descend from an input named as a video's
+    pieces: tuple[fx.Node, ...] = ()  # a ``cat`` boundary's operands, the features among them
+
+    @property
+    def span_start(self) -> int:
+        """Where a ``cat`` boundary's features start in the sequence (static after specialization)."""
+        before = self.pieces[:self.pieces.index(self.features)]
+        return sum(shape_of(piece)[1] for piece in before)
 
     @property
     def span(self) -> tuple[int, int]:
@@ -84,7 +94,19 @@ def _where(node: fx.Node) -> Boundary | None:
     return Boundary(node, node, mask, placed, in_place=False, embeds=embeds)
 
 
-BOUNDARY_STYLES: tuple[Callable[[fx.Node], Boundary | None], ...] = (_masked_scatter, _index_put, _setitem, _where)
+def _cat(node: fx.Node) -> Boundary | None:
+    if not _call(node, torch.cat, "cat") or not node.args or not isinstance(node.args[0], (list, tuple)):
+        return None
+    pieces = tuple(node.args[0])
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    values = [tensor_of(piece) for piece in pieces]  # sizes may still be symbolic (before specialization)
+    if len(pieces) < 2 or dim not in (1, -2) or any(value is None or value.dim() != 3 for value in values):
+        return None
+    return Boundary(node, node, None, None, in_place=False, pieces=pieces)
+
+
+BOUNDARY_STYLES: tuple[Callable[[fx.Node], Boundary | None], ...] = (_masked_scatter, _index_put, _setitem, _where,
+                                                                     _cat)
 
 
 def _feature_source(view: DataflowView, boundary: Boundary, outside: frozenset[fx.Node]) -> fx.Node | None:
@@ -119,8 +141,27 @@ def _compared_ids(view: DataflowView, mask: fx.Node) -> tuple[int, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def _cat_candidate(view: DataflowView, boundary: Boundary) -> Boundary | None:
+    """A ``cat`` places visual features when exactly one operand descends from floating inputs that no
+    other operand reads, and the split derives from ``ids == c``."""
+    token_ids = _compared_ids(view, boundary.anchor)
+    if not token_ids:
+        return None
+    inputs = {piece: {x for x in [*view.inputs_of(piece), piece] if x.op == "placeholder"} for piece in boundary.pieces}
+    visual = [piece for piece in boundary.pieces if is_floating(piece) and any(
+        is_floating(x) and all(x not in inputs[other] for other in boundary.pieces if other is not piece)
+        for x in inputs[piece])]
+    if len(visual) != 1:
+        return None
+    video = any("video" in x.name.lower() for x in inputs[visual[0]])
+    embeds = next(piece for piece in boundary.pieces if piece is not visual[0])
+    return replace(boundary, features=visual[0], embeds=embeds, token_ids=token_ids, video_input=video)
+
+
 def _candidate(view: DataflowView, boundary: Boundary) -> Boundary | None:
     """The boundary with its ids and features read off the dataflow, or None when it places no visual input."""
+    if boundary.pieces:
+        return _cat_candidate(view, boundary)
     if not isinstance(boundary.mask, fx.Node) or not isinstance(boundary.embeds, fx.Node):
         return None
     token_ids = _compared_ids(view, boundary.mask)

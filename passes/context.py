@@ -142,7 +142,9 @@ def propagate_fresh(gm: fx.GraphModule, inputs: list) -> None:
     for node in gm.graph.nodes:
         node.meta.pop("unbacked_bindings", None)
     try:
-        FakeTensorProp(gm, fresh_fake_mode()).propagate(*inputs)
+        mode = fresh_fake_mode()
+        fakes = [mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x for x in inputs]
+        FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
     except Exception:  # noqa: BLE001 - retried with real values below
         run_on_real_inputs(gm, inputs, record=fresh_fake_mode())
 

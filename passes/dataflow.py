@@ -57,6 +57,9 @@ class DataflowView:
         self.digraph = nx.DiGraph()
         self.digraph.add_nodes_from(graph.nodes)
         self.digraph.add_edges_from((source, node) for node in graph.nodes for source in node.all_input_nodes)
+        # a scalar a specialization folded into a literal (``passes.specialize``) still feeds its readers
+        self.digraph.add_edges_from((source, node) for node in graph.nodes
+                                    for source in node.meta.get("holitom_scalar_sources", ()) if source in self.order)
 
     def ancestors(self, node: fx.Node) -> frozenset[fx.Node]:
         if node not in self._ancestors:

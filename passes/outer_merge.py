@@ -8,7 +8,7 @@ from dataclasses import astuple
 import torch.fx as fx
 
 from holitom_fx.archs import infer_saliency_grid
-from holitom_fx.ops import exact_budget
+from holitom_fx.ops import exact_budget, span_mask
 from holitom_fx.ops.stages import outer_stage
 
 from .boundary import find_video_boundary
@@ -60,7 +60,7 @@ class OuterMergePass:
         ctx = self.ctx
         boundary = find_video_boundary(ctx.view, *known_video_ids(ctx))
         if boundary is None:
-            ctx.notes.append("no video in this graph")
+            ctx.notes.append("no video in this call")
             return 0
         scatter, sequence, mask, features = boundary.anchor, boundary.sequence, boundary.mask, boundary.features
         known, _ = known_video_ids(ctx)
@@ -75,6 +75,11 @@ class OuterMergePass:
             return 0
         if shape_of(sequence) is None or len(shape_of(sequence)) != 3 or shape_of(features) is None:
             raise RewriteError(f"the sequence at {scatter.name} is not [B, L, E] with static shapes")
+        if mask is None:  # concatenated in: the features' span is the mask
+            with graph.inserting_after(scatter):
+                mask = mark_inserted(graph.call_function(
+                    span_mask, (sequence, boundary.span_start, boundary.span[1])))
+        place_after = mask if boundary.mask is None else scatter
         length, dim = shape_of(sequence)[1:]
         batch, row_span = boundary.span
         layout = ctx.layout
@@ -97,7 +102,7 @@ class OuterMergePass:
         carries = layout.carries_visual_features if layout.carries_visual_features is not None else rope
         carried = self._carried(ctx.view, scatter, features) if carries else []
 
-        with graph.inserting_after(scatter):
+        with graph.inserting_after(place_after):
             stage = mark_inserted(graph.call_function(
                 outer_stage, (sequence, mask, features, frames, per_frame, pass_through, astuple(ctx.config),
                               *saliency), {"videos": videos, "frame_spans": frame_spans,
@@ -118,7 +123,7 @@ class OuterMergePass:
             tensor.replace_all_uses_with(previous, delete_user_cb=lambda user: user is not stage)
         spliced = outputs[0]
         order = {node: index for index, node in enumerate(graph.nodes)}
-        sequence.replace_all_uses_with(spliced, delete_user_cb=lambda user: user is not stage and (
+        sequence.replace_all_uses_with(spliced, delete_user_cb=lambda user: user is not stage and user is not mask and (
             not boundary.in_place or order[user] > order[scatter]))
         # The segments leave the graph through a buffer the backend owns (an input mutation).
         segments_buffer = _add_placeholder(graph, WINDOW_END)

@@ -1,7 +1,8 @@
 """Fix every symbolic size of a Dynamo graph to its value for one call.
 
 When a prompt of a new length arrives, Dynamo re-traces the prefill with a symbolic
-sequence length. The HoliTom passes work on static shapes (the merged length is a
+sequence length; a model that splices its video at a split point read with ``.item()``
+(``torch.cat`` around one placeholder) has data-dependent sizes from the start. The HoliTom passes work on static shapes (the merged length is a
 literal the budget fixes), so the backend specializes such a graph per concrete length
 before rewriting it, the way a static recompile would.
 """
@@ -52,20 +53,83 @@ def is_symbolic(gm: fx.GraphModule) -> bool:
     return False
 
 
+def scalar_reads(gm: fx.GraphModule) -> list[fx.Node]:
+    """The graph's data-dependent scalar reads (``.item()``) that something reads: a split point read off
+    the token ids (one a specialization folded away is left unread)."""
+    return [n for n in gm.graph.nodes if n.users and ((n.op == "call_method" and n.target == "item")
+                                                     or n.target is torch.ops.aten._local_scalar_dense.default)]
+
+
+class ScalarProbe:
+    """The part of a graph that derives its scalar reads, run on a call's inputs: the key of a variant
+    specialized for those values (one host read, the one the model's own ``.item()`` makes)."""
+
+    def __init__(self, gm: fx.GraphModule):
+        reads = scalar_reads(gm)
+        needed = set(reads)
+        for node in reversed(list(gm.graph.nodes)):
+            if node in needed:
+                needed.update(node.all_input_nodes)
+        graph = fx.Graph()
+        copies: dict[fx.Node, fx.Node] = {}
+        for node in gm.graph.nodes:
+            if node.op == "placeholder" or node in needed:
+                copies[node] = graph.node_copy(node, lambda a: copies[a])
+        graph.output(tuple(copies[n] for n in reads))
+        self.module = fx.GraphModule(gm, graph)
+
+    def __call__(self, args: list) -> tuple:
+        with torch.no_grad():
+            return tuple(int(v) for v in self.module(*args))
+
+
+def unbacked_bindings(gm: fx.GraphModule, args: list) -> dict[sympy.Symbol, int]:
+    """Each data-dependent size symbol of the graph (``u0 = x.item()``, the size of a slice at it), bound
+    to its value for ``args``: the graph runs once on them."""
+    bindings = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, node):
+            result = super().run_node(node)
+            example = _example(node)
+            if isinstance(example, torch.SymInt) and isinstance(example.node.expr, sympy.Symbol):
+                bindings[example.node.expr] = int(result)
+            elif isinstance(example, torch.Tensor) and isinstance(result, torch.Tensor):
+                for size, actual in zip(example.shape, result.shape):
+                    if isinstance(size, torch.SymInt) and isinstance(size.node.expr, sympy.Symbol):
+                        bindings[size.node.expr] = int(actual)
+            return result
+
+    with torch.no_grad():
+        Recorder(gm).run(*args)
+    return bindings
+
+
 def specialize(gm: fx.GraphModule, args: list) -> tuple[fx.GraphModule, list[int]]:
     """A static copy of ``gm`` for ``args``: returns it and the indices of the args it still takes.
 
     Every node producing a symbolic scalar is replaced by its value; the scalar inputs go away;
-    tensor metadata is re-propagated with static fake tensors.
+    tensor metadata is re-propagated with static fake tensors. A scalar read (``.item()``) stays
+    in the graph, unread: the nodes its value reached name it in ``meta["holitom_scalar_sources"]``,
+    so dataflow still sees where a split point came from (``passes.dataflow``).
     """
     bindings = symbol_bindings(gm, args)
+    if scalar_reads(gm):
+        bindings.update(unbacked_bindings(gm, args))
     graph = fx.Graph()
     graph.output(graph.graph_copy(gm.graph, {}))
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     kept = [i for i, node in enumerate(placeholders) if not isinstance(_example(node), _SYMBOLIC)]
+    reads = set(scalar_reads(fx.GraphModule(gm, graph)))
+    folded_reads = {n for n in graph.nodes if n.op == "call_method" and n.target == "item"} - reads
+    sources: dict[fx.Node, set[fx.Node]] = {}
+    for node in graph.nodes:  # which reads each symbolic scalar derives from
+        if isinstance(_example(node), _SYMBOLIC):
+            sources[node] = set().union(*(sources.get(a, set()) for a in node.all_input_nodes)) | (
+                {node} if node in reads else set())
     for node in reversed(list(graph.nodes)):
         example = _example(node)
-        if not isinstance(example, _SYMBOLIC):
+        if not isinstance(example, _SYMBOLIC) or (node in folded_reads and not node.users):
             continue
         value = sympy.sympify(sympy.sympify(example.node.expr).xreplace(bindings))
         if value.free_symbols:
@@ -75,7 +139,10 @@ def specialize(gm: fx.GraphModule, args: list) -> tuple[fx.GraphModule, list[int
         for user in list(node.users):
             user.args = fx.map_arg(user.args, lambda a: concrete if a is node else a)
             user.kwargs = fx.map_arg(user.kwargs, lambda a: concrete if a is node else a)
-        graph.erase_node(node)
+            if sources[node]:
+                user.meta["holitom_scalar_sources"] = user.meta.get("holitom_scalar_sources", set()) | sources[node]
+        if node not in reads:
+            graph.erase_node(node)
     static = fx.GraphModule(gm, graph)
     tensors = [args[i] for i in kept]
     try:

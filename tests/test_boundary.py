@@ -112,5 +112,5 @@ def image_only(embeds, ids, features):
 def test_a_graph_placing_only_another_token_is_left_alone():
     embeds, ids, features = make_inputs(before=3, seed=1)
     compiled, ctx = rewrite(image_only, embeds, ids, features)
-    assert ctx.video is None and "no video in this graph" in ctx.notes
+    assert ctx.video is None and "no video in this call" in ctx.notes
     torch.testing.assert_close(compiled(embeds, ids, features), image_only(embeds, ids, features), rtol=0, atol=0)

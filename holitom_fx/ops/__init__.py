@@ -4,7 +4,8 @@ from .inner import inner_kept_count, inner_merge
 from .outer import OuterMergeResult, exact_budget, outer_merge
 from .saliency import attention_received, feature_saliency, pool_saliency
 from .segmentation import Segmentation, frame_similarity, segment_frames
-from .sequence import gather_tokens, last_query_attention, last_query_probabilities, place_by_frame, splice_span
+from .sequence import (gather_tokens, last_query_attention, last_query_probabilities, place_by_frame, span_mask,
+                       splice_span)
 
 __all__ = [
     "OuterMergeResult",
@@ -22,5 +23,6 @@ __all__ = [
     "place_by_frame",
     "pool_saliency",
     "segment_frames",
+    "span_mask",
     "splice_span",
 ]

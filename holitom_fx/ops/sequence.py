@@ -103,6 +103,13 @@ def last_query_attention(
     return scores.softmax(-1).mean(1)[:, 0, :]
 
 
+def span_mask(sequence: torch.Tensor, start: int, count: int) -> torch.Tensor:
+    """``[B, L]`` true on ``[start, start + count)``: the video's span where it was concatenated in, not
+    scattered at a mask."""
+    index = torch.arange(sequence.shape[1], device=sequence.device)
+    return ((index >= start) & (index < start + count)).expand(sequence.shape[0], -1)
+
+
 def last_query_probabilities(probabilities: torch.Tensor) -> torch.Tensor:
     """Head-averaged attention of the last query, ``[B, L_kv]`` fp32, read from a decoder's own softmax
     output ``[B, H, L, L_kv]`` (hand-written attention: ``softmax(q @ k^T * scale + mask) @ v``)."""
