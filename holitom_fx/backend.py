@@ -21,7 +21,7 @@ from passes.dataflow import DataflowView
 from passes.decode_positions import POSITION_SHIFT, decode_position_input
 from passes.frame_grid import GridError, rope_frame_grid
 from passes.manager import PassManager
-from passes.outer_merge import has_video_scatter
+from passes.outer_merge import video_placement
 from passes.specialize import ScalarProbe, is_symbolic, scalar_reads, specialize, symbol_bindings
 
 from .archs import VideoLayout, layout_for
@@ -161,7 +161,8 @@ class HoliTomBackend:
 
     def _compile(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
         ctx = self._context()
-        if (is_symbolic(gm) or scalar_reads(gm)) and has_video_scatter(gm.graph, ctx):
+        placement = video_placement(gm.graph, ctx) if is_symbolic(gm) or scalar_reads(gm) else None
+        if placement is not None and (is_symbolic(gm) or placement == "cat"):
             return self._specializing(gm)
         rewritten = fx.GraphModule(gm, _copy_graph(gm.graph))
         record = GraphRecord(nodes=len(gm.graph.nodes), rewrites={}, boundary=None, notes=ctx.notes)
@@ -179,7 +180,7 @@ class HoliTomBackend:
         if ctx.video is not None:
             record.boundary = ctx.video.scatter.format_node()
         elif not ctx.extra_inputs and not ctx.exported_saliency:  # said once per call: at its language-model graph
-            log.log(logging.INFO if _is_prefill(gm.graph, ctx) or has_video_scatter(gm.graph, ctx) else logging.DEBUG,
+            log.log(logging.INFO if _is_prefill(gm.graph, ctx) or video_placement(gm.graph, ctx) is not None else logging.DEBUG,
                     "HoliTom did nothing on a graph of %d nodes: %s", record.nodes, "; ".join(ctx.notes) or "-")
         device = next((x.device for x in example_inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
         placeholders = [ctx.runtime_input(name).to(device) for name in ctx.extra_inputs]

@@ -28,12 +28,14 @@ def known_video_ids(ctx: GraphContext) -> tuple[tuple[int, ...], bool]:
     return ((known,) if known is not None else ()), False
 
 
-def has_video_scatter(graph: fx.Graph, ctx: GraphContext) -> bool:
-    """Whether the graph places video features (the outer pass would rewrite it)."""
+def video_placement(graph: fx.Graph, ctx: GraphContext) -> str | None:
+    """How the graph places video features, if it does (the outer pass would rewrite it): ``"cat"`` for a
+    concatenation (its sizes may hang on a split point read with ``.item()``), else ``"scatter"``."""
     try:
-        return find_video_boundary(DataflowView(graph, ctx.vision_classes), *known_video_ids(ctx)) is not None
+        boundary = find_video_boundary(DataflowView(graph, ctx.vision_classes), *known_video_ids(ctx))
     except RewriteError:  # more than one: the outer pass says why
-        return True
+        return "scatter"
+    return None if boundary is None else "cat" if boundary.pieces else "scatter"
 
 
 def _rope_positions(graph: fx.Graph, batch: int, length: int) -> fx.Node | None:
