@@ -16,9 +16,9 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
-from passes.context import SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError
+from passes.context import SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError, shape_of
 from passes.dataflow import DataflowView
-from passes.decode_positions import POSITION_SHIFT, decode_position_input
+from passes.decode_positions import DERIVED_POSITION_SHIFT, POSITION_SHIFT, decode_position_input
 from passes.frame_grid import GridError, rope_frame_grid
 from passes.manager import PassManager
 from passes.outer_merge import video_placement
@@ -128,7 +128,7 @@ class HoliTomBackend:
         # (config, layout, vision classes) of the model given to bind(), or else of the last one traced
         self._bound: tuple[Any, VideoLayout | None, frozenset[type]] | None = None
         self._traced: tuple[Any, VideoLayout | None, frozenset[type]] | None = None
-        self._position_shift: torch.Tensor | None = None
+        self._shifts: dict[str, torch.Tensor] = {}  # POSITION_SHIFT, DERIVED_POSITION_SHIFT: set by each prefill
         self._vision_saliency: torch.Tensor | None = None  # left by an encoder graph for the next prefill
         self.graphs: list[GraphRecord] = []
         self.fallbacks = 0
@@ -196,7 +196,7 @@ class HoliTomBackend:
     def _shifted_after_merge(self, runner: Callable, position_at: int, device: torch.device) -> Callable:
         """A decode graph compiled before any merged prefill (a text-only call came first): after one, its
         position input is shifted outside the graph, as ``DecodePositionPass`` does inside later ones."""
-        shift = self._shift_tensor(device)
+        shift = self._shift_tensor(POSITION_SHIFT, device)
 
         def run(*args):
             if not self._merged_prefill_seen:
@@ -257,10 +257,10 @@ class HoliTomBackend:
 
         return run
 
-    def _shift_tensor(self, device: torch.device) -> torch.Tensor:
-        if self._position_shift is None:
-            self._position_shift = torch.zeros((), dtype=torch.long, device=device)
-        return self._position_shift
+    def _shift_tensor(self, name: str, device: torch.device) -> torch.Tensor:
+        if name not in self._shifts:
+            self._shifts[name] = torch.zeros((), dtype=torch.long, device=device)
+        return self._shifts[name]
 
     def _take_vision_saliency(self, expected: tuple[int, int], layout: VideoLayout | None) -> torch.Tensor | None:
         """The saliency an encoder graph left for this prefill, if it fits; consumed either way."""
@@ -287,22 +287,28 @@ class HoliTomBackend:
 
             return vision
         video, inner = ctx.video, ctx.inner
-        if video is None and POSITION_SHIFT in ctx.extra_inputs:  # a decode graph: reads the last prefill's shift
-            shift = self._shift_tensor(device)
-            return lambda *args: compiled(*args, shift)
+        shifts = [name for name in ctx.extra_inputs if name in (POSITION_SHIFT, DERIVED_POSITION_SHIFT)]
+        if video is None and shifts:  # a decode graph: reads the last prefill's shift
+            values = [self._shift_tensor(name, device) for name in shifts]
+            return lambda *args: compiled(*args, *values)
         if video is None:
             if not prefill:
                 return compiled
-            shift = self._shift_tensor(device)
+            shifts = [self._shift_tensor(name, device) for name in (POSITION_SHIFT, DERIVED_POSITION_SHIFT)]
 
             def unmerged_prefill(*args):  # decoding after it continues at its own positions
-                shift.zero_()
+                for shift in shifts:
+                    shift.zero_()
                 self._vision_saliency = None  # an image's, or unused: never for a later prefill
                 return compiled(*args)
 
             return unmerged_prefill
-        shift_value = video.length - video.new_length if ctx.positions == "compact" else 0
-        shift = self._shift_tensor(device)
+        # generate() numbers decode steps after L: compact positions subtract L - L'. A model deriving its
+        # positions from its cache length (L') adds L - L' for original positions.
+        removed = video.length - video.new_length
+        shift_values = {self._shift_tensor(POSITION_SHIFT, device): removed if ctx.positions == "compact" else 0,
+                        self._shift_tensor(DERIVED_POSITION_SHIFT, device): removed if ctx.positions == "original"
+                        else 0}
         window_end = ctx.runtime_input(WINDOW_END).to(device)
         expected_saliency = (video.batch * video.videos * video.frames, video.tokens_per_frame)
         no_saliency = ctx.runtime_input(SALIENCY).to(device), torch.zeros((), dtype=torch.bool, device=device)
@@ -322,7 +328,8 @@ class HoliTomBackend:
         def prefill(*args):
             extra, source = runtime_inputs()
             out = compiled(*args, *extra)
-            shift.fill_(shift_value)
+            for shift, value in shift_values.items():
+                shift.fill_(value)
             self._merged_prefill_seen = True
             self.last_report = report = HoliTomReport(
                 frames=video.frames, videos=video.videos,
@@ -342,9 +349,11 @@ class HoliTomBackend:
 
 
 def _is_prefill(graph: fx.Graph, ctx: GraphContext) -> bool:
-    """A graph that runs decoder layers on a fresh prompt (no cache input)."""
+    """A graph that runs decoder layers on a fresh prompt (no cache input, more than one new token per row)."""
+    view = DataflowView(graph, ctx.vision_classes)
+    one_token = bool(view.token_ids) and all((shape_of(ids) or (0,))[-1] == 1 for ids in view.token_ids)
     return not any(n.op == "placeholder" and "past_key_values" in n.target for n in graph.nodes) and bool(
-        DataflowView(graph, ctx.vision_classes).layers.decoder)
+        view.layers.decoder) and not one_token
 
 
 #: Dynamo settings without which a video LLM's prompt graph splits before the merge can see it:

@@ -99,6 +99,7 @@ class GraphContext:
     notes: list[str] = field(default_factory=list)  # why a pass did nothing
     example_values: dict[str, torch.Tensor] = field(default_factory=dict)  # placeholder -> real example input
     view: Any = None  # the graph's ``passes.dataflow.DataflowView``, refreshed by the manager before each pass
+    derived_positions: bool = False  # positions derived in the graph were given their original values
     merged_prefill_seen: bool = False  # a prefill of this model was merged: its decode graphs get the shift
 
     def __post_init__(self) -> None:

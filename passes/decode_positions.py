@@ -1,20 +1,26 @@
-"""DecodePositionPass: decoding after a compact-merged prefill continues at the shortened length.
+"""DecodePositionPass: decoding after a merged prefill continues at the positions the config says.
 
 ``generate()`` numbers decode positions by the prompt it was given (L + step); with
 ``positions="compact"`` the merged prompt had L' tokens, so each decode step must sit at
-``position - (L - L')``. The shift is known only when the prefill runs, so it enters the
-decode graph as one extra runtime input that the backend supplies (0 after an unmerged prefill).
+``position - (L - L')``. A model that derives its positions from its cache length instead (an
+``arange`` reaching its rotary tables or position embeddings) counts from L': with
+``positions="original"`` those sit at ``arange + (L - L')``. The shift is known only when the
+prefill runs, so it enters the decode graph as one extra runtime input that the backend supplies
+(0 after an unmerged prefill).
 """
 
 from __future__ import annotations
 
 import operator
 
+import torch
 import torch.fx as fx
 
-from .context import GraphContext, mark_inserted
+from .context import GraphContext, mark_inserted, shape_of
 
 POSITION_SHIFT = "holitom_position_shift"
+DERIVED_POSITION_SHIFT = "holitom_derived_position_shift"
+_ENCODINGS = (torch.cos, torch.sin, "cos", "sin", torch.nn.functional.embedding, torch.embedding, "embedding")
 
 
 def _is_cache_input(node: fx.Node) -> bool:
@@ -41,10 +47,12 @@ class DecodePositionPass:
 
     def __call__(self, graph: fx.Graph) -> int:
         ctx = self.ctx
-        if ctx.video is not None or ctx.positions != "compact" or not ctx.merged_prefill_seen:
+        if ctx.video is not None or not ctx.merged_prefill_seen:
             return 0
         at = decode_position_input(graph)
         if at is None:
+            return self._shift_derived(graph) if ctx.positions == "original" else 0
+        if ctx.positions != "compact":
             return 0
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         with graph.inserting_after(placeholders[-1]):
@@ -54,3 +62,22 @@ class DecodePositionPass:
         placeholders[at].replace_all_uses_with(shifted, delete_user_cb=lambda user: user is not shifted)
         ctx.extra_inputs.append(POSITION_SHIFT)
         return 1
+
+    def _shift_derived(self, graph: fx.Graph) -> int:
+        """``arange`` positions that reach a position encoding, counted from the cache length: + shift."""
+        view = self.ctx.view
+        if not view.token_ids or any((shape_of(ids) or (0,))[-1] != 1 for ids in view.token_ids):
+            return 0  # a decode step reads one new token per row; a prompt starts at 0 wherever it came from
+        sinks = {n for n in graph.nodes if n.target in _ENCODINGS}
+        ranges = [n for n in graph.nodes if n.target is torch.arange and sinks & view.descendants(n)]
+        if not ranges:
+            return 0
+        last = [n for n in graph.nodes if n.op == "placeholder"][-1]
+        with graph.inserting_after(last):
+            shift = mark_inserted(graph.placeholder(DERIVED_POSITION_SHIFT))
+        for positions in ranges:
+            with graph.inserting_after(positions):
+                shifted = mark_inserted(graph.call_function(operator.add, (positions, shift)))
+            positions.replace_all_uses_with(shifted, delete_user_cb=lambda user: user is not shifted)
+        self.ctx.extra_inputs.append(DERIVED_POSITION_SHIFT)
+        return len(ranges)

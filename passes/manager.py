@@ -8,11 +8,13 @@ import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensor
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from .context import GraphContext, RewriteError, propagate_fresh, run_on_real_inputs
 from .dataflow import DataflowView
 from .decode_positions import DecodePositionPass
+from .derived_positions import DerivedPositionsPass
 from .inner_merge import InnerMergePass
 from .outer_merge import OuterMergePass
 from .saliency_export import SaliencyExportPass
@@ -22,12 +24,28 @@ from .vision_saliency import VisionSaliencyPass
 log = logging.getLogger("holitom_fx.passes")
 
 
+def _dynamic_example(node: fx.Node) -> FakeTensor | None:
+    example = node.meta.get("example_value")
+    dynamic = isinstance(example, FakeTensor) and any(isinstance(s, torch.SymInt) for s in example.shape)
+    return example if dynamic else None
+
+
+def _fake_input(fake_mode, node: fx.Node, value):
+    """The fake a graph input propagates with: Dynamo's own for a dynamic-shape input (a static copy would
+    specialize its sizes in Dynamo's shape environment: a guard, then a recompile at every new size)."""
+    example = _dynamic_example(node)
+    if example is not None:
+        return example
+    return fake_mode.from_tensor(value, static_shapes=True) if isinstance(value, torch.Tensor) else value
+
+
 class PassManager:
     """Runs the HoliTom passes on a Dynamo graph in order; returns rewrites per pass."""
 
     def __init__(self, ctx: GraphContext):
         self.ctx = ctx
-        self.passes = [VisionSaliencyPass(ctx), OuterMergePass(ctx), InnerMergePass(ctx), SequenceLengthPass(ctx),
+        self.passes = [VisionSaliencyPass(ctx), OuterMergePass(ctx), InnerMergePass(ctx), DerivedPositionsPass(ctx),
+                       SequenceLengthPass(ctx),
                        DecodePositionPass(ctx), SaliencyExportPass(ctx)]
 
     def __call__(self, gm: fx.GraphModule, example_inputs: list) -> dict[str, int]:
@@ -59,8 +77,10 @@ class PassManager:
             else:
                 for node in gm.graph.nodes:  # a rewritten graph binds fresh unbacked symbols (sizes changed)
                     node.meta.pop("unbacked_bindings", None)
-                fakes = [fake_mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x
-                         for x in inputs]
+                placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+                fake_mode = next((n.meta["example_value"].fake_mode for n in placeholders
+                                  if _dynamic_example(n) is not None), fake_mode)
+                fakes = [_fake_input(fake_mode, node, x) for node, x in zip(placeholders, inputs)]
                 FakeTensorProp(gm, fake_mode).propagate_dont_convert_inputs(*fakes)
         except Exception as err:  # any inconsistency means the rewrite is unsafe
             first_line = next((line for line in str(err).splitlines() if line.strip()), "")
@@ -76,9 +96,9 @@ class PassManager:
         """Sizes that depend on data (a boolean-mask index: Qwen3-VL's deepstack, MoE routing) are not
         proven by fake tensors; a graph that has them runs once on the real example inputs (tensor inputs
         other than weights copied: no input is mutated) and must not raise."""
-        def data_dependent(node: fx.Node) -> bool:
+        def data_dependent(node: fx.Node) -> bool:  # an unbacked size (u0), not a dynamic input size (s0)
             value = node.meta.get("val")
-            return isinstance(value, torch.Tensor) and not all(isinstance(size, int) for size in value.shape)
+            return isinstance(value, torch.Tensor) and bool(free_unbacked_symbols(value))
 
         if not any(data_dependent(node) for node in gm.graph.nodes):
             return

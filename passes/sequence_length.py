@@ -37,26 +37,6 @@ def _replace_int(value, old: int, new: int):
     return value
 
 
-def _downstream(roots: list[fx.Node]) -> set[fx.Node]:
-    seen, stack = set(), list(roots)
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.extend(node.users)
-    return seen
-
-
-def _feeds_rotary(node: fx.Node, depth: int = 6) -> bool:
-    frontier = [node]
-    for _ in range(depth):
-        frontier = [user for n in frontier for user in n.users]
-        if any(n.target in _ROTARY_TARGETS for n in frontier):
-            return True
-    return False
-
-
 def _gather_positions(positions: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """Original position of each kept token: ``positions[..., b, source[b, j]]`` (``[B, L]`` ids, or
     M-RoPE's ``[R, B, L]``)."""
@@ -120,10 +100,11 @@ class SequenceLengthPass:
             return 0
         old = video.length
         inner = self.ctx.inner
-        inner_region = _downstream(inner.outputs) if inner else set()
+        view = self.ctx.view
+        inner_region = set(inner.outputs).union(*(view.descendants(n) for n in inner.outputs)) if inner else set()
         if inner:  # and what layers K.. make from no input (an MoE layer's arange(k * L))
             inner_region |= {n for n in graph.nodes
-                             if self.ctx.view.layers.decoder.get(n, -1) >= inner.layer}
+                             if view.layers.decoder.get(n, -1) >= inner.layer}
         nodes = list(graph.nodes)
         after = nodes[nodes.index(video.last_inserted) + 1:]
         rewrites = 0
@@ -161,13 +142,14 @@ class SequenceLengthPass:
                         and shape[-1] == old:
                     rotary = mark_inserted(graph.call_function(_gather_positions, (placeholder, video.source)))
             for user in users:
-                replacement = rotary if rotary is not None and _feeds_rotary(user) else narrowed
+                replacement = rotary if rotary is not None and any(
+                    n.target in _ROTARY_TARGETS for n in view.descendants(user)) else narrowed
                 original_applied |= replacement is rotary
                 user.replace_input_with(placeholder, replacement)
                 rewrites += 1
         rewrites += self._gather_unchanged(graph, after, resized, old, video)
         rewrites += self._resize_visual_count_checks(after, video)
-        if self.ctx.positions == "original" and not original_applied:
-            raise RewriteError("positions='original' needs the position ids as a graph input (generate() passes "
-                               "them); this graph derives them internally")
+        if self.ctx.positions == "original" and not original_applied and not self.ctx.derived_positions:
+            raise RewriteError("positions='original': no position ids reach a position encoding in this graph, "
+                               "neither as an input nor derived with arange after the boundary")
         return rewrites

@@ -380,3 +380,20 @@ def test_generated_configs_identity_and_budget(frames, layers, before, after, ra
     assert report.tokens_after_outer == round(ratio * frames * 4) + 1
     assert logits.shape[1] == report.sequence_length[2] == (
         inputs["input_ids"].shape[1] - report.tokens_in + report.tokens_after_inner)
+
+
+@torch.no_grad()
+def test_text_first_then_video_decodes_at_the_merged_positions(caplog):
+    """Decode graphs compiled before any merged prefill are left as traced (no spurious rewrite, no warning)
+    and, once a video merged, decode at the merged positions all the same."""
+    model, backend = compiled_model(MERGING, vision=True)
+    with caplog.at_level(logging.WARNING, logger="holitom_fx"):
+        model.generate(input_ids=torch.tensor([[1, 2, 3, 4, 5, 6, 7]]), max_new_tokens=4, do_sample=False)
+    assert not caplog.records and backend.fallbacks == 0 and backend.last_report is None
+    assert all(record.rewrites.get("DecodePositionPass", 0) == 0 for record in backend.graphs)
+    inputs = video_inputs(model)
+    _, expected_tokens = reference_pipeline.generate(
+        tiny_llava_onevision(), inputs["input_ids"], inputs["pixel_values_videos"], MERGING, FRAMES, 12,
+        saliency_twin=tiny_llava_onevision())
+    assert greedy(model, inputs, 12) == [expected_tokens]
+    assert backend.last_report.sequence_length[2] < inputs["input_ids"].shape[1] and backend.fallbacks == 0

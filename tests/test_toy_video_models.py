@@ -116,3 +116,20 @@ def test_backend_equals_holitom_applied_by_hand(toy):
     assert report.tokens_after_outer == round(MERGING.retain_ratio * FRAMES * TOKENS_PER_FRAME)
     assert report.tokens_after_inner < report.tokens_after_outer and report.inner_layer == MERGING.inner_layer
     assert report.saliency == "vision attention" and backend.fallbacks == 0
+
+
+ORIGINAL = HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer=2, positions="original")
+
+
+@torch.no_grad()
+def test_original_positions_where_the_toy_derives_them(toy):
+    """The toys number their tokens with ``arange`` inside ``forward`` (rotary tables or learned absolute
+    positions, from the cache length when decoding): every merged token at its representative's position."""
+    model, backend = compiled_toy(toy, ORIGINAL)
+    ids, pixels = toy_inputs(model)
+    expected_logits, expected = reference_generate(toy(), ids, pixels, ORIGINAL, 10)
+    compact_logits, _ = reference_generate(toy(), ids, pixels, MERGING, 1)
+    assert not torch.allclose(expected_logits, compact_logits, atol=1e-3)  # the positions decide here
+    torch.testing.assert_close(model(ids, pixels)[0][:, -1], expected_logits, rtol=1e-4, atol=1e-4)
+    assert greedy(model, ids, pixels, 10) == expected
+    assert backend.fallbacks == 0 and backend.last_report.tokens_after_inner < backend.last_report.tokens_after_outer

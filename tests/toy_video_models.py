@@ -413,7 +413,8 @@ def reference_generate(model, ids: torch.Tensor, pixels: torch.Tensor, cfg: Holi
     """``(prefill logits of the last position [1, vocab], greedy tokens)`` of any toy here, with HoliTom
     applied by hand around its own modules: the outer stage on the features (dynamic tokens ranked by
     the vision attention, else by feature norm), the merged tokens in place of the placeholder(s),
-    compact positions 0..L'-1, the inner stage at ``cfg``'s layer K (attention of the last query in
+    compact positions 0..L'-1 (``cfg.positions="original"``: each token at its representative's original
+    position, decoding after the original length), the inner stage at ``cfg``'s layer K (attention of the last query in
     layer K-1), every layer with its own cache, decode steps at positions L' + step. Batch 1."""
     parts = _parts(model)
     frames = pixels.shape[1]
@@ -426,17 +427,19 @@ def reference_generate(model, ids: torch.Tensor, pixels: torch.Tensor, cfg: Holi
     merged = out.tokens.shape[0]
     x = parts.embed(ids)
     start = int((ids[0] == VIDEO_TOKEN).long().argmax())
-    if isinstance(model, CatToy):  # the one placeholder becomes the merged tokens
-        x = torch.cat([x[:, :start], out.tokens[None], x[:, start + 1:]], dim=1)
-    else:
-        span = int((ids[0] == VIDEO_TOKEN).sum())
-        x, _ = splice_span(x, torch.tensor([start]), span, out.tokens[None], out.positions[None])
-    length = x.shape[1]  # L': compact positions 0..L'-1
+    if isinstance(model, CatToy):  # the one placeholder becomes the features, then the merged tokens
+        x = torch.cat([x[:, :start], features.reshape(1, -1, x.shape[-1]), x[:, start + 1:]], dim=1)
+    span = features.shape[0] * features.shape[1] if isinstance(model, CatToy) else int((ids[0] == VIDEO_TOKEN).sum())
+    original_length = x.shape[1]
+    x, source = splice_span(x, torch.tensor([start]), span, out.tokens[None], out.positions[None])
+    length = x.shape[1]  # L'
+    positions = source if cfg.positions == "original" else torch.arange(length)[None]
+    decode_from = original_length if cfg.positions == "original" else length
     cos = sin = None
     if parts.rotary:
-        cos, sin = rotary_tables(parts.inv_freq, torch.arange(length)[None])
+        cos, sin = rotary_tables(parts.inv_freq, positions)
     else:
-        x = x + parts.wpe(torch.arange(length))
+        x = x + parts.wpe(positions[0])
     inner = cfg.resolve_inner_layer(len(parts.layers))
     caches, previous = [], x
     for index, layer in enumerate(parts.layers):
@@ -453,7 +456,7 @@ def reference_generate(model, ids: torch.Tensor, pixels: torch.Tensor, cfg: Holi
     tokens = [int(logits.argmax())]
     for step in range(new_tokens - 1):
         x = parts.embed(torch.tensor([[tokens[-1]]]))
-        position = torch.tensor([[length + step]])
+        position = torch.tensor([[decode_from + step]])
         if parts.rotary:
             cos, sin = rotary_tables(parts.inv_freq, position)
         else:
