@@ -73,7 +73,7 @@ class OuterMergePass:
             # shortened sequence next to the model's own full-length positions and masks.
             ctx.notes.append("no decoder layer runs in the graph that scatters the video (a graph break after "
                              "the boundary); for Qwen3-VL set torch._dynamo.config.capture_dynamic_output_shape_ops"
-                             " (holitom_fx.compile does)")
+                             "=True (a HoliTom backend sets it when created)")
             return 0
         if shape_of(sequence) is None or len(shape_of(sequence)) != 3 or shape_of(features) is None:
             raise RewriteError(f"the sequence at {scatter.name} is not [B, L, E] with static shapes")

@@ -397,3 +397,23 @@ def test_text_first_then_video_decodes_at_the_merged_positions(caplog):
         saliency_twin=tiny_llava_onevision())
     assert greedy(model, inputs, 12) == [expected_tokens]
     assert backend.last_report.sequence_length[2] < inputs["input_ids"].shape[1] and backend.fallbacks == 0
+
+
+@torch.no_grad()
+def test_original_positions_in_a_forward_call_that_derives_them():
+    """A plain forward call (no position ids given: the model derives them with arange inside the graph)
+    with positions='original': the rotary tables see each token's original position, the mask stays
+    contiguous; equal to the reference given those positions explicitly."""
+    cfg = HoliTomConfig(retain_ratio=0.3, tau=0.8, positions="original")
+    model, backend = compiled_model(cfg, vision=True)
+    inputs = video_inputs(model)
+    expected_logits, _ = reference_pipeline.generate(
+        tiny_llava_onevision(), inputs["input_ids"], inputs["pixel_values_videos"], cfg, FRAMES, 1,
+        saliency_twin=tiny_llava_onevision())
+    compact_logits, _ = reference_pipeline.generate(
+        tiny_llava_onevision(), inputs["input_ids"], inputs["pixel_values_videos"], MERGING, FRAMES, 1,
+        saliency_twin=tiny_llava_onevision())
+    assert not torch.allclose(expected_logits, compact_logits, atol=1e-3)
+    logits = model(input_ids=inputs["input_ids"], pixel_values_videos=inputs["pixel_values_videos"]).logits[:, -1]
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    assert backend.fallbacks == 0 and any(g.rewrites.get("DerivedPositionsPass", 0) for g in backend.graphs)

@@ -123,8 +123,8 @@ def test_qwen3_deepstack_features_are_merged_with_the_tokens():
 def test_qwen3_without_mask_index_capture_passes_through_and_says_why(caplog):
     """A graph break after the boundary (Qwen3-VL's deepstack mask index, uncaptured): merging there
     would hand later graphs a shortened sequence next to full-length positions, so nothing is merged."""
-    torch._dynamo.config.capture_dynamic_output_shape_ops = False
     model, backend = compiled("qwen3_vl", MERGING)
+    torch._dynamo.config.capture_dynamic_output_shape_ops = False  # turned off after the backend set it
     inputs = inputs_for(model)
     with caplog.at_level("INFO", logger="holitom_fx"):
         tokens, logits = greedy_with_first_logits(model, inputs, 4)
