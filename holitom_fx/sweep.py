@@ -8,8 +8,8 @@ auto mappings), the sweep builds a tiny random-weight instance from the class's 
 sub-config shrunk generically: widths, depths, heads, vocabulary; special token ids remapped into the
 small vocabulary), builds a video prompt (pixel values in the layout the vision tower takes, the number
 of video placeholders learned from the model's own ``get_video_features``), compiles it with
-``HoliTomBackend(HoliTomConfig(retain_ratio=0.5, tau=0.8), compiler="eager").bind(model)`` (Dynamo set
-as ``holitom_fx.compile`` sets it) and runs a two-token greedy ``generate()``, the path users take.
+``HoliTomBackend(HoliTomConfig(retain_ratio=0.5, tau=0.8), compiler="eager").bind(model)`` (Dynamo's
+settings are the backend's own: ``backend.DYNAMO_CAPTURE``) and runs a two-token greedy ``generate()``, the path users take.
 Status per class:
 
 * ``applied``: HoliTom merged (``backend.last_report`` set); token counts and whether the prefill ran
@@ -30,7 +30,6 @@ import contextlib
 import datetime
 import inspect
 import json
-import math
 import os
 import re
 import signal
@@ -513,8 +512,6 @@ def sweep_one(name: str, model_types: list[str], build_budget: float = 60, run_b
     result = SweepResult(name=name, model_types=list(model_types))
     start = time.perf_counter()
     torch._dynamo.reset()
-    torch._dynamo.config.capture_scalar_outputs = True  # as holitom_fx.compile sets them
-    torch._dynamo.config.capture_dynamic_output_shape_ops = True
     try:
         try:
             with time_budget(build_budget):
@@ -617,8 +614,8 @@ def markdown(results: list[SweepResult]) -> str:
 
     lines = [f"transformers {transformers.__version__}, torch {torch.__version__}, "
              f"{datetime.date.today().isoformat()}; `HoliTomConfig(retain_ratio=0.5, tau=0.8)`, a two-token greedy "
-             f"`generate()` under `model.compile(backend=HoliTomBackend(...).bind(model))`, Dynamo set as "
-             f"`holitom_fx.compile` sets it.", "",
+             f"`generate()` under `model.compile(backend=HoliTomBackend(...).bind(model))`, Dynamo as the backend "
+             f"sets it.", "",
              "| class | model type | status | visual tokens (in -> outer -> inner) | sequence | reason / notes | s |",
              "|---|---|---|---|---|---|---:|"]
     for r in results:

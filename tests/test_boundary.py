@@ -49,7 +49,7 @@ def image_and_video(embeds, ids, features):
     return embeds.masked_scatter((ids == TOKEN)[..., None], features) * 2
 
 
-def rewrite(fn, *args):
+def rewrite(fn, *args, context=lambda: GraphContext(CONFIG, LAYOUT, MODEL_CONFIG)):
     """Compile ``fn`` with the HoliTom passes (no Inductor); returns (callable taking args, context)."""
     found = {}
 
@@ -57,7 +57,7 @@ def rewrite(fn, *args):
         graph = fx.Graph()
         graph.output(graph.graph_copy(traced.graph, {}))
         gm = fx.GraphModule(traced, graph)  # Dynamo's own graph must stay as traced
-        ctx = GraphContext(CONFIG, LAYOUT, MODEL_CONFIG)
+        ctx = context()
         PassManager(ctx)(gm, example_inputs)
         runtime = [ctx.runtime_input(name) for name in ctx.extra_inputs]
         found["ctx"] = ctx
@@ -114,3 +114,34 @@ def test_a_graph_placing_only_another_token_is_left_alone():
     compiled, ctx = rewrite(image_only, embeds, ids, features)
     assert ctx.video is None and "no video in this call" in ctx.notes
     torch.testing.assert_close(compiled(embeds, ids, features), image_only(embeds, ids, features), rtol=0, atol=0)
+
+
+def image_then_frames(embeds, ids, image, frames):
+    """No config, no input named as a video's: an image placement and a placement of per-frame features."""
+    embeds = embeds.masked_scatter((ids == OTHER)[..., None], image)
+    return embeds.masked_scatter((ids == TOKEN)[..., None], frames.reshape(-1, DIM)) * 2
+
+
+def two_placement_inputs():
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.tensor([[OTHER, 1] + [TOKEN] * FRAMES * PER_FRAME + [2, 3]])
+    base = torch.randn(PER_FRAME, DIM, generator=generator)
+    frames = base + 0.3 * torch.randn(FRAMES, PER_FRAME, DIM, generator=generator)
+    return torch.randn(1, ids.shape[1], DIM, generator=generator), ids, torch.randn(1, DIM, generator=generator), \
+        frames
+
+
+def test_the_placeholder_id_is_read_off_the_graph_and_an_explicit_one_settles_ambiguity():
+    embeds, ids, image, frames = two_placement_inputs()
+    with pytest.raises(Exception, match="set HoliTomConfig\\(video_token_id=...\\)"):
+        rewrite(image_then_frames, embeds, ids, image, frames, context=lambda: GraphContext(CONFIG, None, None))
+    explicit = HoliTomConfig(retain_ratio=0.5, tau=0.5, inner_layer="off", video_token_id=TOKEN)
+    compiled, ctx = rewrite(image_then_frames, embeds, ids, image, frames,
+                            context=lambda: GraphContext(explicit, None, None))
+    assert ctx.video is not None and (ctx.video.frames, ctx.video.tokens_per_frame) == (FRAMES, PER_FRAME)
+    placed = embeds.masked_scatter((ids == OTHER)[..., None], image)
+    placed = placed.masked_scatter((ids == TOKEN)[..., None], frames.reshape(-1, DIM))
+    out = outer_merge(frames, feature_saliency(frames), explicit)
+    start = (ids == TOKEN).long().argmax(1)
+    expected = splice_span(placed, start, FRAMES * PER_FRAME, out.tokens[None], out.positions[None])[0] * 2
+    torch.testing.assert_close(compiled(embeds, ids, image, frames), expected, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,119 @@
+"""GLM-4.1V, a model without a layout record that marks video frames with its *image* token: the video's
+placement is found by dataflow (its features come from the ``video`` encoder output), each temporal patch
+is a span of its own (read from the ``[4, B, L]`` positions). Identity, an eager reference built from the
+model's own encoder, ``get_rope_index`` and forward, graph counts."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from holitom_fx import HoliTomBackend, HoliTomConfig
+from holitom_fx.archs import GENERIC, layout_for
+from holitom_fx.ops import feature_saliency, outer_merge, place_by_frame
+from holitom_fx.sweep import build_inputs, build_tiny
+
+from .test_backend_llava_onevision import graph_count, greedy_with_first_logits
+
+GLM = ("Glm4vForConditionalGeneration", ["glm4v"])
+IDENTITY = HoliTomConfig(retain_ratio=1.0, tau=1.5, inner_layer="off")
+OUTER = HoliTomConfig(retain_ratio=0.5, tau=0.8, inner_layer="off")
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+
+
+def tiny():
+    return build_tiny(*GLM)
+
+
+@functools.lru_cache(maxsize=1)
+def glm_inputs():
+    """The sweep's prompt for the tiny GLM-4.1V, laid out on an uncompiled instance (it runs the model)."""
+    return build_inputs(tiny())[0]
+
+
+def inputs_for(model):
+    return glm_inputs()
+
+
+def compiled(cfg: HoliTomConfig):
+    model = tiny()
+    backend = HoliTomBackend(cfg, compiler="eager").bind(model)
+    model.compile(backend=backend)
+    return model, backend
+
+
+@torch.no_grad()
+def reference_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int, renumber: bool = False):
+    """(first logits, greedy tokens): the outer stage applied by hand with the model's own parts; every merged
+    token at its representative's (t, h, w) (``renumber``: at 0..L'-1 instead, to show positions matter),
+    decoding after the prompt's last position. Feature-norm saliency, as generate() encodes outside the graph."""
+    inner = model.model
+    ids = inputs["input_ids"]
+    features = torch.cat(inner.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                                  video_grid_thw=inputs["video_grid_thw"]).pooler_output)
+    mask = ids == model.config.image_token_id
+    embeds = inner.get_input_embeddings()(ids).masked_scatter(mask[..., None], features)
+    positions, _ = inner.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
+                                        video_grid_thw=inputs["video_grid_thw"], attention_mask=inputs["attention_mask"])
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    per_frame = h * w // model.config.vision_config.spatial_merge_size ** 2
+    grid = features.reshape(t, per_frame, -1)
+    out = outer_merge(grid, feature_saliency(grid), cfg)
+    hidden, source = place_by_frame(embeds, mask, out.tokens[None], out.positions[None], t, per_frame)
+    merged = positions.gather(-1, source.expand(3, *source.shape))
+    if renumber:
+        merged = torch.arange(hidden.shape[1]).expand(3, 1, -1)
+    step = model(inputs_embeds=hidden, position_ids=merged, attention_mask=torch.ones(1, hidden.shape[1]),
+                 use_cache=True)
+    first, tokens = step.logits[:, -1], [int(step.logits[0, -1].argmax())]
+    last = positions[..., -1:]
+    for index in range(new_tokens - 1):
+        length = hidden.shape[1] + index + 1
+        step = model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=last + 1 + index,
+                     attention_mask=torch.ones(1, length), past_key_values=step.past_key_values, use_cache=True)
+        tokens.append(int(step.logits[0, -1].argmax()))
+    return first, tokens
+
+
+def test_glm_has_no_record_and_marks_video_with_the_image_token():
+    model = tiny()
+    assert layout_for(model.config) is GENERIC
+    ids = inputs_for(model)["input_ids"]
+    assert (ids == model.config.image_token_id).any() and not (ids == model.config.video_token_id).any()
+
+
+@torch.no_grad()
+def test_identity_at_full_retain_without_inner_stage():
+    model, backend = compiled(IDENTITY)
+    inputs = inputs_for(model)
+    tokens, logits = greedy_with_first_logits(model, inputs, 8)
+    expected_tokens, expected_logits = greedy_with_first_logits(tiny(), inputs, 8)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)
+    assert tokens == expected_tokens
+    report = backend.last_report
+    assert report is not None and report.tokens_in == report.tokens_after_outer == 32 and backend.fallbacks == 0
+
+
+@torch.no_grad()
+def test_generate_matches_the_eager_reference_at_representative_positions():
+    model, backend = compiled(OUTER)
+    inputs = inputs_for(model)
+    expected_logits, expected_tokens = reference_generate(tiny(), inputs, OUTER, 8)
+    renumbered_logits, _ = reference_generate(tiny(), inputs, OUTER, 1, renumber=True)
+    assert not torch.allclose(expected_logits, renumbered_logits, atol=1e-4)  # the positions decide here
+    tokens, logits = greedy_with_first_logits(model, inputs, 8)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    assert tokens == [expected_tokens]
+    report = backend.last_report
+    assert (report.frames, report.tokens_in, report.tokens_after_outer) == (2, 32, 16) and backend.fallbacks == 0
+
+
+@torch.no_grad()
+def test_no_added_graph_breaks_and_no_recompilation():
+    plain = graph_count(tiny, lambda m: (lambda gm, _: gm.forward), inputs_for, vision_tower=None)
+    holitom = graph_count(tiny, lambda m: HoliTomBackend(OUTER, compiler="eager").bind(m), inputs_for,
+                          vision_tower=None)
+    assert holitom[0] == plain[0] and holitom[1] == holitom[0]
