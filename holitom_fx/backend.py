@@ -19,7 +19,7 @@ import torch.fx as fx
 from passes.context import SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError, shape_of
 from passes.dataflow import DataflowView
 from passes.decode_positions import DERIVED_POSITION_SHIFT, POSITION_SHIFT, decode_position_input
-from passes.frame_grid import GridError, rope_frame_grid
+from passes.frame_grid import GridError
 from passes.manager import PassManager
 from passes.outer_merge import video_placement
 from passes.specialize import ScalarProbe, is_symbolic, scalar_reads, specialize, symbol_bindings
@@ -208,16 +208,17 @@ class HoliTomBackend:
         return run
 
     def _grid_guarded(self, gm: fx.GraphModule, runner: Callable, check: GridCheck) -> Callable:
-        """A prefill merged on a frame grid read from the prompt's positions (M-RoPE): re-read the grid
+        """A prefill merged on a frame grid read from the prompt (M-RoPE positions, frame spans): re-read the grid
         at each call (one host read of the ids and positions per prefill, none per decode step); a video
         of another grid with the same token count gets a graph rewritten for it."""
         names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-        ids_at, positions_at = names.index(check.input_ids), names.index(check.positions)
+        ids_at = names.index(check.input_ids)
+        positions_at = names.index(check.positions) if check.positions is not None else None
         variants = {check.grid: runner}
 
         def run(*args):
             try:
-                grid = rope_frame_grid(args[ids_at], args[positions_at], check.token_id)
+                grid = check.read(args[ids_at], args[positions_at] if positions_at is not None else None)
             except GridError:
                 grid = None
             if grid not in variants:

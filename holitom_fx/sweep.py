@@ -349,11 +349,12 @@ def _features_count(features: Any) -> int:
 
 
 def _get_video_features(model):
-    for owner in (model, getattr(model, "model", None)):
-        fn = getattr(owner, "get_video_features", None)
-        if callable(fn):
-            return fn
-    return None
+    """The model's video encoder entry; the inner model's where only it names every input (VideoLLaMA3's
+    ``video_merge_sizes``)."""
+    found = [fn for owner in (model, getattr(model, "model", None))
+             if callable(fn := getattr(owner, "get_video_features", None))]
+    named = [fn for fn in found if "video_merge_sizes" in inspect.signature(fn).parameters]
+    return (named or found or [None])[0]
 
 
 def pixel_inputs(model) -> dict[str, torch.Tensor]:
@@ -366,6 +367,12 @@ def pixel_inputs(model) -> dict[str, torch.Tensor]:
     temporal = getattr(vc, "temporal_patch_size", None)
     merge = getattr(vc, "spatial_merge_size", None) or getattr(vc, "merge_size", None)
     generator = torch.Generator().manual_seed(SEED)
+    if "video_merge_sizes" in inspect.signature(model.forward).parameters:
+        # VideoLLaMA3: one frame per temporal step, flat patches, the merge size an input (processor default 2)
+        side, merge = 8, 2
+        pixels = torch.randn(FRAMES * side * side, channels * patch * patch, generator=generator)
+        return dict(pixel_values_videos=pixels, video_grid_thw=torch.tensor([[FRAMES, side, side]]),
+                    video_merge_sizes=torch.tensor([merge]))
     if _is_int(temporal) and _is_int(merge):  # Qwen-VL style: flattened patches + video_grid_thw
         t, side = max(FRAMES // temporal, 1), 4 * merge
         pixels = torch.randn(t * side * side, channels * temporal * patch * patch, generator=generator)

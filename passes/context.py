@@ -30,13 +30,21 @@ class RewriteError(Exception):
 
 @dataclass(frozen=True)
 class GridCheck:
-    """What a merged prefill's frame grid was read from (M-RoPE models): the placeholder names of the
-    input ids and the position ids, and the grid ``(videos, frames, tokens per frame)`` found there."""
+    """What a merged prefill's frame grid was read from: the placeholder names of the input ids and of the
+    M-RoPE position ids (None: the grid is the ids' frame spans), and the grid ``(videos, frames, tokens
+    per frame)`` found there."""
 
     input_ids: str
-    positions: str
+    positions: str | None
     token_id: int
     grid: tuple[int, int, int]
+
+    def read(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> tuple[int, int, int]:
+        """The grid of a call's inputs, the way this one was read (``GridError`` when there is none)."""
+        from .frame_grid import rope_frame_grid, span_frame_grid
+
+        return span_frame_grid(input_ids, self.token_id) if self.positions is None else rope_frame_grid(
+            input_ids, positions, self.token_id)
 
 
 @dataclass
@@ -110,7 +118,7 @@ class GraphContext:
     def positions(self) -> str:
         """The position scheme in force: M-RoPE models always keep representative positions (the spec)."""
         rope = self.layout.rotary_axes == 3 or (
-            self.video is not None and self.video.grid_check is not None)
+            self.video is not None and self.video.grid_check is not None and self.video.grid_check.positions)
         return "original" if rope else self.config.positions
 
     def runtime_input(self, name: str) -> torch.Tensor:

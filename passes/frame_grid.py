@@ -1,11 +1,12 @@
-"""The frame grid of M-RoPE video spans, read from the prompt's own 3-D rotary positions.
+"""The frame grid of video spans, read from the prompt: its own 3-D rotary positions, or its frame spans.
 
 Qwen2-VL-style models hand the decoder flat visual features ``[sum(t*h*w), E]``: the shape
 says nothing of the frames. Their position ids do: within one temporal patch every token has
 its own (h, w), and each patch starts again at the span's first (h, w); so a new frame starts
 wherever the (h, w) of the span's first token comes back (whatever spacing the temporal row has). The grid is read once per compiled graph from the real example inputs and
 checked again at each call (a video of another grid with the same token count gets a graph
-of its own).
+of its own). A model with 1-D positions that puts each frame in a span of its own (a timestamp
+between frames: VideoLLaMA3) shows its grid in the ids alone: k equal spans are k frames.
 """
 
 from __future__ import annotations
@@ -55,6 +56,24 @@ def rope_frame_grid(input_ids: torch.Tensor, positions: torch.Tensor, token_id: 
         if not videos or len(frames) != 1 or any(len(set(runs)) != 1 for runs in videos):
             raise GridError(f"video spans of unequal frame grids in one row: {videos}")
         grids.add((len(videos), *frames.pop()))
+    if len(grids) != 1:
+        raise GridError(f"rows of the batch hold different video grids: {sorted(grids)}")
+    return grids.pop()
+
+
+def span_frame_grid(input_ids: torch.Tensor, token_id: int) -> tuple[int, int, int]:
+    """``(spans per row, 1, tokens per span)`` when the ``token_id`` placeholders of every row of
+    ``input_ids [B, L]`` form k > 1 spans of one length: frames as spans. ``GridError`` otherwise."""
+    grids = set()
+    for row_mask in (input_ids == token_id).tolist():
+        runs, start = [], 0
+        for length in _runs(row_mask):
+            if row_mask[start]:
+                runs.append(length)
+            start += length
+        if len(runs) < 2 or len(set(runs)) != 1:
+            raise GridError(f"video placeholder spans {runs} are not k > 1 spans of one length (frames as spans)")
+        grids.add((len(runs), 1, runs[0]))
     if len(grids) != 1:
         raise GridError(f"rows of the batch hold different video grids: {sorted(grids)}")
     return grids.pop()

@@ -15,7 +15,7 @@ from .boundary import find_video_boundary
 from .vision_saliency import insert_pooling
 from .context import (SALIENCY, SALIENCY_VALID, WINDOW_END, GridCheck, GraphContext, RewriteError, VideoSite,
                       is_weight, mark_inserted, shape_of)
-from .frame_grid import GridError, rope_frame_grid
+from .frame_grid import GridError, rope_frame_grid, span_frame_grid
 from .dataflow import DataflowView, is_integer
 from .module_stack import module_path
 
@@ -95,7 +95,12 @@ class OuterMergePass:
         else:
             videos = self._videos_per_row(features, batch, row_span, dim)
             span = row_span // videos
-            frames, per_frame, pass_through = self._frame_grid(features, batch, span, dim)
+            try:
+                frames, per_frame, pass_through = self._frame_grid(features, batch, span, dim)
+            except RewriteError as no_frames:  # the ids may still show frames as spans of their own
+                grid_check = self._span_grid(mask, token_id, batch, length, no_frames)
+                videos, frames, per_frame, frame_spans = self._rope_layout(grid_check, row_span)
+                pass_through, span = 0, row_span // videos
         if ctx.config.budget != "exact":
             raise RewriteError("budget='reference' has a data-dependent token count; the compiled path needs "
                                "budget='exact' (use holitom_fx.ops.outer_merge eagerly for the reference)")
@@ -172,12 +177,27 @@ class OuterMergePass:
         # the last step of each chain (a cat of per-video placeholders, not the placeholders too)
         return [node for node in found if not any(view.reaches(node, other) for other in found if other is not node)]
 
+    def _ids_input(self, mask: fx.Node, batch: int, length: int) -> list[fx.Node]:
+        return [n for n in self.ctx.view.ancestors(mask) if n.op == "placeholder" and is_integer(n)
+                and shape_of(n) == (batch, length)]
+
+    def _span_grid(self, mask: fx.Node, token_id: int, batch: int, length: int, why: RewriteError) -> GridCheck:
+        """Frames as spans of their own, read from the real ids of this call (``frame_grid``), re-read per call."""
+        ids = self._ids_input(mask, batch, length)
+        values = self.ctx.example_values.get(ids[0].name) if len(ids) == 1 else None
+        if values is None:
+            raise why
+        try:
+            grid = span_frame_grid(values, token_id)
+        except GridError as err:
+            raise RewriteError(f"{why}; {err}") from err
+        return GridCheck(input_ids=ids[0].name, positions=None, token_id=token_id, grid=grid)
+
     def _rope_grid(self, positions: fx.Node | None, mask: fx.Node, token_id: int, batch: int,
                    length: int) -> GridCheck:
         """The frame grid of an M-RoPE model, read from the real position ids of this call (``frame_grid``)."""
         ctx = self.ctx
-        ids = [n for n in ctx.view.ancestors(mask) if n.op == "placeholder" and is_integer(n)
-               and shape_of(n) == (batch, length)]
+        ids = self._ids_input(mask, batch, length)
         if positions is None or len(ids) != 1:
             raise RewriteError("the 3-D rotary position ids are not a graph input (generate() passes them; a "
                                "forward call derives them inside the model): the frame grid is unknown")

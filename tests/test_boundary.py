@@ -11,8 +11,9 @@ import torch.fx as fx
 
 from holitom_fx import HoliTomConfig
 from holitom_fx.archs import VideoLayout
-from holitom_fx.ops import feature_saliency, outer_merge, splice_span
+from holitom_fx.ops import feature_saliency, outer_merge, place_by_frame, splice_span
 from passes.context import GraphContext
+from passes.frame_grid import GridError, span_frame_grid
 from passes.manager import PassManager
 
 TOKEN, OTHER, FRAMES, PER_FRAME, DIM = 9, 8, 3, 4, 8
@@ -145,3 +146,28 @@ def test_the_placeholder_id_is_read_off_the_graph_and_an_explicit_one_settles_am
     start = (ids == TOKEN).long().argmax(1)
     expected = splice_span(placed, start, FRAMES * PER_FRAME, out.tokens[None], out.positions[None])[0] * 2
     torch.testing.assert_close(compiled(embeds, ids, image, frames), expected, rtol=1e-5, atol=1e-5)
+
+
+def frames_as_spans(embeds, ids, features):
+    """Flat features (encoded before the graph), one placeholder span per frame with a timestamp token
+    between (VideoLLaMA3's layout): only the ids show the frames."""
+    return embeds.masked_scatter((ids == TOKEN)[..., None], features) * 2
+
+
+def test_frames_as_spans_in_the_ids_give_the_grid():
+    generator = torch.Generator().manual_seed(4)
+    spans = sum(([7] + [TOKEN] * PER_FRAME for _ in range(FRAMES)), [])
+    ids = torch.tensor([[1, 2] + spans + [2, 3]])
+    base = torch.randn(PER_FRAME, DIM, generator=generator)
+    grid = base + 0.3 * torch.randn(FRAMES, PER_FRAME, DIM, generator=generator)
+    embeds = torch.randn(1, ids.shape[1], DIM, generator=generator)
+    generic = HoliTomConfig(retain_ratio=0.5, tau=0.5, inner_layer="off")
+    compiled, ctx = rewrite(frames_as_spans, embeds, ids, grid.reshape(-1, DIM),
+                            context=lambda: GraphContext(generic, None, None))
+    assert ctx.video is not None and ctx.video.grid_check.grid == (FRAMES, 1, PER_FRAME) and ctx.video.frame_spans
+    out = outer_merge(grid, feature_saliency(grid), generic)
+    placed = embeds.masked_scatter((ids == TOKEN)[..., None], grid.reshape(-1, DIM))
+    expected, _ = place_by_frame(placed, ids == TOKEN, out.tokens[None], out.positions[None], FRAMES, PER_FRAME)
+    torch.testing.assert_close(compiled(embeds, ids, grid.reshape(-1, DIM)), expected * 2, rtol=1e-5, atol=1e-5)
+    with pytest.raises(GridError):  # one span says nothing about frames
+        span_frame_grid(torch.tensor([[1] + [TOKEN] * FRAMES * PER_FRAME + [2]]), TOKEN)

@@ -50,6 +50,10 @@ def apply_rotary(x, cos, sin):  # x [B, H, L, D], cos/sin [B, L, D]
     return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
 
+def inverse_frequencies(head_dim: int = DIM // HEADS) -> torch.Tensor:
+    return 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+
+
 def rotary_tables(inv_freq, positions):  # positions [B, L] -> cos, sin [B, L, D]
     angles = positions[..., None].float() * inv_freq
     angles = torch.cat([angles, angles], dim=-1)
@@ -233,8 +237,7 @@ class WhereToy(nn.Module):
         self.blocks = nn.ModuleList(SDPABlock(DIM, HEADS) for _ in range(DEPTH))
         self.final_norm = nn.LayerNorm(DIM)
         self.output = nn.Linear(DIM, VOCAB)
-        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, DIM // HEADS, 2).float() / (DIM // HEADS))),
-                             persistent=False)
+        self.register_buffer("inv_freq", inverse_frequencies(), persistent=False)
         self.eval()
 
     def video_features(self, pixel_values):
@@ -308,8 +311,7 @@ class IndexPutToy(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(DIM, HEADS) for _ in range(DEPTH))
         self.norm = nn.LayerNorm(DIM)
         self.lm_head = nn.Linear(DIM, VOCAB, bias=False)
-        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, DIM // HEADS, 2).float() / (DIM // HEADS))),
-                             persistent=False)
+        self.register_buffer("inv_freq", inverse_frequencies(), persistent=False)
         self.eval()
 
     def video_features(self, pixel_values):

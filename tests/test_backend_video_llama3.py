@@ -1,0 +1,104 @@
+"""VideoLLaMA3, a model without a layout record: 1-D positions, the video encoded before the prefill into one
+flat run of patches, each frame a placeholder span of its own after a timestamp. Only the ids show the
+frames (``passes/frame_grid.span_frame_grid``), re-read at each prefill. Identity, an eager reference built
+from the model's own encoder and forward, another grid with the same token count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from holitom_fx import HoliTomBackend, HoliTomConfig
+from holitom_fx.archs import GENERIC, layout_for
+from holitom_fx.ops import feature_saliency, outer_merge, place_by_frame
+from holitom_fx.sweep import build_tiny
+
+from .test_backend_llava_onevision import greedy_with_first_logits
+
+VIDEO_LLAMA3 = ("VideoLlama3ForConditionalGeneration", ["video_llama_3"])
+FRAMES, SIDE, MERGE, PATCH = 4, 8, 2, 16  # 4 frames of 8x8 patches, merged 2x2: 16 tokens per frame
+TIMESTAMP = 9  # a text token before each frame's span, as the processor's "Time t s:"
+IDENTITY = HoliTomConfig(retain_ratio=1.0, tau=1.5, inner_layer="off")
+OUTER = HoliTomConfig(retain_ratio=0.5, tau=0.8, inner_layer="off")
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+
+
+def tiny():
+    return build_tiny(*VIDEO_LLAMA3)
+
+
+def video_inputs(model, spans=FRAMES):
+    """The clip (frames close to the first: some tokens static) and ``spans`` placeholder spans over its tokens."""
+    generator = torch.Generator().manual_seed(0)
+    patches = torch.randn(FRAMES, SIDE * SIDE, 3 * PATCH * PATCH, generator=generator)
+    pixels = (patches[:1] + 0.3 * patches).reshape(FRAMES * SIDE * SIDE, -1)
+    tokens = FRAMES * SIDE * SIDE // MERGE ** 2
+    span = [model.config.video_token_id] * (tokens // spans)
+    ids = torch.tensor([[1, 2, 3] + sum(([TIMESTAMP] + span for _ in range(spans)), []) + [5, 6, 7]])
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels,
+                video_grid_thw=torch.tensor([[FRAMES, SIDE, SIDE]]), video_merge_sizes=torch.tensor([MERGE]))
+
+
+def compiled(cfg: HoliTomConfig):
+    model = tiny()
+    backend = HoliTomBackend(cfg, compiler="eager").bind(model)
+    model.compile(backend=backend)
+    return model, backend
+
+
+@torch.no_grad()
+def reference_generate(model, inputs, cfg: HoliTomConfig, spans: int, new_tokens: int):
+    """(first logits, greedy tokens): the outer stage applied by hand on ``spans`` frames, each merged token in
+    its representative's frame span, compact positions, decoding after the merged length."""
+    ids = inputs["input_ids"]
+    features = torch.cat(model.model.get_video_features(
+        pixel_values_videos=inputs["pixel_values_videos"], video_grid_thw=inputs["video_grid_thw"],
+        video_merge_sizes=inputs["video_merge_sizes"]).pooler_output)
+    mask = ids == model.config.video_token_id
+    embeds = model.get_input_embeddings()(ids).masked_scatter(mask[..., None], features)
+    grid = features.reshape(spans, -1, features.shape[-1])
+    out = outer_merge(grid, feature_saliency(grid), cfg)
+    hidden, _ = place_by_frame(embeds, mask, out.tokens[None], out.positions[None], spans, grid.shape[1])
+    length = hidden.shape[1]
+    step = model(inputs_embeds=hidden, position_ids=torch.arange(length)[None],
+                 attention_mask=torch.ones(1, length), use_cache=True)
+    first, tokens = step.logits[:, -1], [int(step.logits[0, -1].argmax())]
+    for index in range(new_tokens - 1):
+        step = model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=torch.tensor([[length + index]]),
+                     attention_mask=torch.ones(1, length + index + 1), past_key_values=step.past_key_values,
+                     use_cache=True)
+        tokens.append(int(step.logits[0, -1].argmax()))
+    return first, tokens
+
+
+def test_video_llama3_has_no_record():
+    assert layout_for(tiny().config) is GENERIC
+
+
+@torch.no_grad()
+def test_identity_at_full_retain_without_inner_stage():
+    model, backend = compiled(IDENTITY)
+    inputs = video_inputs(model)
+    tokens, logits = greedy_with_first_logits(model, inputs, 8)
+    expected_tokens, expected_logits = greedy_with_first_logits(tiny(), inputs, 8)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)
+    assert tokens == expected_tokens
+    report = backend.last_report
+    assert report is not None and report.frames == FRAMES and report.tokens_in == report.tokens_after_outer == 64
+
+
+@torch.no_grad()
+def test_generate_matches_the_eager_reference_and_a_new_grid_is_read_per_call():
+    model, backend = compiled(OUTER)
+    for spans in (FRAMES, 2):  # the same 64 tokens as 2 spans of 32: another grid, its own rewrite
+        inputs = video_inputs(model, spans)
+        expected_logits, expected_tokens = reference_generate(tiny(), inputs, OUTER, spans, 8)
+        tokens, logits = greedy_with_first_logits(model, inputs, 8)
+        torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+        assert tokens == [expected_tokens]
+        report = backend.last_report
+        assert (report.frames, report.tokens_in, report.tokens_after_outer) == (spans, 64, 32)
+    other_grid, _ = reference_generate(tiny(), video_inputs(model, 2), OUTER, FRAMES, 1)
+    assert not torch.allclose(other_grid, expected_logits, atol=1e-4)  # the grid decides the merge here
+    assert backend.fallbacks == 0
