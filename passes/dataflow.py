@@ -71,6 +71,11 @@ class DataflowView:
             self._descendants[node] = frozenset(nx.descendants(self.digraph, node))
         return self._descendants[node]
 
+    def nearest_above(self, node: fx.Node, steps: int) -> list[fx.Node]:
+        """``node`` and its ancestors at most ``steps`` edges up, nearest first (then latest in the graph)."""
+        distance = nx.single_source_shortest_path_length(self.digraph.reverse(copy=False), node, cutoff=steps)
+        return sorted(distance, key=lambda n: (distance[n], -self.order[n]))
+
     def reaches(self, source: fx.Node, target: fx.Node) -> bool:
         return source is target or source in self.ancestors(target)
 

@@ -216,14 +216,11 @@ class OuterMergePass:
         look the same)."""
         if self.ctx.layout.tokens_per_frame is None:
             return 1
-        frontier = [features]
-        for _ in range(4):
-            for node in frontier:
-                shape = shape_of(node)
-                if shape is not None and len(shape) == 3 and shape[2] == dim and shape[0] % batch == 0 \
-                        and shape[0] * shape[1] == batch * row_span:
-                    return shape[0] // batch
-            frontier = [a for n in frontier for a in n.all_input_nodes]
+        for node in self.ctx.view.nearest_above(features, 3):
+            shape = shape_of(node)
+            if shape is not None and len(shape) == 3 and shape[2] == dim and shape[0] % batch == 0 \
+                    and shape[0] * shape[1] == batch * row_span:
+                return shape[0] // batch
         return 1
 
     def _frame_grid(self, features: fx.Node, batch: int, span: int, dim: int) -> tuple[int, int, int]:
@@ -236,15 +233,12 @@ class OuterMergePass:
             if rest or frames < 1:
                 raise RewriteError(f"{span} video tokens per row are not frames x {per_frame} + {pass_through}")
             return frames, per_frame, pass_through
-        frontier = [features]
-        for _ in range(8):
-            for node in frontier:
-                shape = shape_of(node)
-                if shape is not None and len(shape) == 3 and shape[2] == dim and shape[0] % batch == 0 \
-                        and shape[0] > batch and (shape[0] // batch) * shape[1] <= span:
-                    frames = shape[0] // batch
-                    return frames, shape[1], span - frames * shape[1]
-            frontier = [a for n in frontier for a in n.all_input_nodes]
+        for node in self.ctx.view.nearest_above(features, 7):
+            shape = shape_of(node)
+            if shape is not None and len(shape) == 3 and shape[2] == dim and shape[0] % batch == 0 \
+                    and shape[0] > batch and (shape[0] // batch) * shape[1] <= span:
+                frames = shape[0] // batch
+                return frames, shape[1], span - frames * shape[1]
         raise RewriteError("no layout record for this model and no per-frame features [B*T, N, E] above the "
                            f"video boundary to read the frame grid from (span of {span} tokens)")
 
