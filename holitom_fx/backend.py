@@ -16,9 +16,9 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
-from passes.context import SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError, shape_of
+from passes.context import SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError, tensor_of
 from passes.dataflow import DataflowView
-from passes.decode_positions import DERIVED_POSITION_SHIFT, POSITION_SHIFT, decode_position_input
+from passes.decode_positions import DERIVED_POSITION_SHIFT, POSITION_SHIFT, decode_position_input, is_cache_input
 from passes.frame_grid import GridError
 from passes.manager import PassManager
 from passes.outer_merge import video_placement
@@ -135,7 +135,7 @@ class HoliTomBackend:
         self.saliency_fallbacks = 0
         self.last_report: HoliTomReport | None = None
         self._said_saliency_fallback = False
-        self._merged_prefill_seen = False  # decode graphs take the position shift only after one
+        self._merged_prefill_seen = False  # a decode graph takes the compact shift inside only after one
         _enable_dynamo_capture()
 
     def bind(self, model: torch.nn.Module) -> "HoliTomBackend":
@@ -161,9 +161,10 @@ class HoliTomBackend:
 
     def _compile(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
         ctx = self._context()
-        placement = video_placement(gm.graph, ctx) if is_symbolic(gm) or scalar_reads(gm) else None
-        if placement is not None and (is_symbolic(gm) or placement == "cat"):
-            return self._specializing(gm)
+        view = DataflowView(gm.graph, ctx.vision_classes)  # the backend's questions about the graph as traced
+        placement = self._placement(view, ctx)
+        if placement is not None and (is_symbolic(gm) or (placement == "cat" and scalar_reads(gm))):
+            return self._specializing(gm, split_point=placement == "cat")
         rewritten = fx.GraphModule(gm, _copy_graph(gm.graph))
         record = GraphRecord(nodes=len(gm.graph.nodes), rewrites={}, boundary=None, notes=ctx.notes)
         try:
@@ -180,18 +181,27 @@ class HoliTomBackend:
         if ctx.video is not None:
             record.boundary = ctx.video.scatter.format_node()
         elif not ctx.extra_inputs and not ctx.exported_saliency:  # said once per call: at its language-model graph
-            log.log(logging.INFO if _is_prefill(gm.graph, ctx) or video_placement(gm.graph, ctx) is not None else logging.DEBUG,
+            log.log(logging.INFO if _is_prefill(view) or placement is not None else logging.DEBUG,
                     "HoliTom did nothing on a graph of %d nodes: %s", record.nodes, "; ".join(ctx.notes) or "-")
         device = next((x.device for x in example_inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
         placeholders = [ctx.runtime_input(name).to(device) for name in ctx.extra_inputs]
         compiled = self._compiler(rewritten, list(example_inputs) + placeholders)
-        runner = self._runtime(compiled, ctx, device, _is_prefill(gm.graph, ctx))
+        runner = self._runtime(compiled, ctx, device, _is_prefill(view))
         position_at = decode_position_input(gm.graph)
         if ctx.video is None and POSITION_SHIFT not in ctx.extra_inputs and position_at is not None \
                 and ctx.positions == "compact":
             runner = self._shifted_after_merge(runner, position_at, device)
         check = ctx.video.grid_check if ctx.video is not None else None
         return runner if check is None else self._grid_guarded(gm, runner, check)
+
+    def _placement(self, view: DataflowView, ctx: GraphContext) -> str | None:
+        """``video_placement`` of the graph; a recognizer that fails on an unusual graph means none (said)."""
+        try:
+            return video_placement(view, ctx)
+        except Exception as err:  # noqa: BLE001 - never break the user's model over a question about it
+            log.warning("HoliTom could not look for a video placement in a graph: %s: %s", type(err).__name__, err)
+            self.fallbacks += 1
+            return None
 
     def _shifted_after_merge(self, runner: Callable, position_at: int, device: torch.device) -> Callable:
         """A decode graph compiled before any merged prefill (a text-only call came first): after one, its
@@ -229,17 +239,18 @@ class HoliTomBackend:
 
         return run
 
-    def _specializing(self, gm: fx.GraphModule) -> Callable:
-        """A prefill traced with a symbolic length: rewrite and compile one static copy per length.
+    def _specializing(self, gm: fx.GraphModule, split_point: bool) -> Callable:
+        """A prefill traced with a symbolic length, or spliced at a split point read with ``.item()``
+        (``split_point``): rewrite and compile one static copy per length and split value.
 
-        Done at the first call of each length, outside Dynamo's tracing, from the real arguments.
+        Done at the first call of each, outside Dynamo's tracing, from the real arguments.
         """
         variants: dict[tuple, Callable] = {}
-        probe = ScalarProbe(gm) if scalar_reads(gm) else None
+        probe = ScalarProbe(gm) if split_point else None
 
         def compile_variant(args: list) -> Callable:
             try:
-                static, kept = specialize(gm, args)
+                static, kept = specialize(gm, args, bind_reads=split_point)
             except RewriteError as err:
                 log.warning("HoliTom runs a dynamic-shape graph uncompiled: %s", err)
                 self.fallbacks += 1
@@ -349,12 +360,11 @@ class HoliTomBackend:
         return prefill
 
 
-def _is_prefill(graph: fx.Graph, ctx: GraphContext) -> bool:
+def _is_prefill(view: DataflowView) -> bool:
     """A graph that runs decoder layers on a fresh prompt (no cache input, more than one new token per row)."""
-    view = DataflowView(graph, ctx.vision_classes)
-    one_token = bool(view.token_ids) and all((shape_of(ids) or (0,))[-1] == 1 for ids in view.token_ids)
-    return not any(n.op == "placeholder" and "past_key_values" in n.target for n in graph.nodes) and bool(
-        view.layers.decoder) and not one_token
+    lengths = [tensor_of(ids).shape[-1] for ids in view.token_ids if tensor_of(ids) is not None]
+    return bool(view.layers.decoder) and not any(is_cache_input(n) for n in view.graph.nodes) and not (
+        lengths and all(length == 1 for length in lengths))
 
 
 #: Dynamo settings without which a video LLM's prompt graph splits before the merge can see it:
@@ -382,6 +392,8 @@ def _copy_graph(graph: fx.Graph) -> fx.Graph:
     return copied
 
 
+#: The default backend. Created when this module is imported (``backend="holitom"`` imports it), so Dynamo's
+#: process-wide capture settings (``DYNAMO_CAPTURE``) are set from then on.
 holitom_backend = HoliTomBackend()
 # backend="holitom": registered through the `torch_dynamo_backends` entry point (pyproject.toml).
 

@@ -108,7 +108,7 @@ class GraphContext:
     example_values: dict[str, torch.Tensor] = field(default_factory=dict)  # placeholder -> real example input
     view: Any = None  # the graph's ``passes.dataflow.DataflowView``, refreshed by the manager before each pass
     derived_positions: bool = False  # positions derived in the graph were given their original values
-    merged_prefill_seen: bool = False  # a prefill of this model was merged: its decode graphs get the shift
+    merged_prefill_seen: bool = False  # this backend merged a prefill: decode graphs take the compact shift inside
 
     def __post_init__(self) -> None:
         if self.layout is None:  # no record: everything is read off the graph

@@ -90,31 +90,29 @@ class DataflowView:
         (and learned absolute positions, which belong to the language model as well)."""
         found = set()
         for lookup in (n for n in self.graph.nodes if n.target in _EMBEDDING_TARGETS):
-            weight, indices = (lookup.args[1], lookup.args[0]) if lookup.target is torch.nn.functional.embedding \
-                else (lookup.args[0], lookup.args[1])
-            if not isinstance(indices, fx.Node) or not isinstance(weight, fx.Node):
-                continue
-            frontier = [indices]
-            for _ in range(_INDEX_STEPS + 1):
-                found |= {n for n in frontier if n.op == "placeholder" and not is_weight(n) and is_integer(n)}
-                frontier = [a for n in frontier for a in n.all_input_nodes if not is_weight(a)]
+            indices = lookup.args[0] if lookup.target is torch.nn.functional.embedding else lookup.args[1]
+            if isinstance(indices, fx.Node):
+                found |= {n for n in self.nearest_above(indices, _INDEX_STEPS)
+                          if n.op == "placeholder" and not is_weight(n) and is_integer(n)}
         return frozenset(found)
 
     @functools.cached_property
     def layers(self) -> LayerStacks:
-        """Decoder and vision layers by dataflow: a stack of numbered layers (any container name) whose
-        nodes read the embedded token ids is the decoder; the others are encoders. A graph without token
-        ids (an encoder compiled on its own) has only encoder stacks, unless ``layer_slot`` marks a
-        stack as the language model's by its path (a frame resumed inside the decoder)."""
+        """Decoder and vision layers by dataflow: of the stacks of numbered layers (any container name) whose
+        nodes read the embedded token ids, the last (a Q-Former reading ids of its own feeds the decoder, never
+        the other way) is the decoder; the others are encoders. A graph without token ids (an encoder
+        compiled on its own) has only encoder stacks, unless ``layer_slot`` marks a stack as the language
+        model's by its path (a frame resumed inside the decoder)."""
         slots = {node: layer_slot(node, self.vision_classes) for node in self.graph.nodes}
         text = set().union(*(self.descendants(ids) for ids in self.token_ids)) if self.token_ids else set()
         by_stack: dict[str, list[fx.Node]] = {}
         for node, slot in slots.items():
             if slot is not None:
                 by_stack.setdefault(slot.stack, []).append(node)
+        reading = [stack for stack, nodes in by_stack.items()
+                   if (any(n in text for n in nodes) if text else not any(slots[n].vision_path for n in nodes))]
+        last = max(reading, key=lambda stack: max(self.order[n] for n in by_stack[stack]), default=None)
         decoder, vision = {}, {}
         for stack, nodes in by_stack.items():
-            reads_text = any(n in text for n in nodes) if text else not any(slots[n].vision_path for n in nodes)
-            target = decoder if reads_text else vision
-            target.update((n, slots[n].index) for n in nodes)
+            (decoder if stack == last else vision).update((n, slots[n].index) for n in nodes)
         return LayerStacks(decoder, vision)

@@ -16,15 +16,19 @@ import operator
 import torch
 import torch.fx as fx
 
-from .context import GraphContext, mark_inserted, shape_of
+from .context import GraphContext, mark_inserted, tensor_of
 
 POSITION_SHIFT = "holitom_position_shift"
 DERIVED_POSITION_SHIFT = "holitom_derived_position_shift"
 _ENCODINGS = (torch.cos, torch.sin, "cos", "sin", torch.nn.functional.embedding, torch.embedding, "embedding")
 
 
-def _is_cache_input(node: fx.Node) -> bool:
-    return node.op == "placeholder" and "past_key_values" in node.target
+def is_cache_input(node: fx.Node) -> bool:
+    """A key/value cache input: a floating ``[B, H, S, D]`` graph input named as a cache (transformers passes
+    ``cache=``, older versions ``past_key_values=``; a model of its own, whatever it calls it)."""
+    value = tensor_of(node)
+    return node.op == "placeholder" and ("cache" in node.name.lower() or "past_key_values" in node.name) and \
+        value is not None and value.is_floating_point() and value.dim() == 4
 
 
 def _is_position_input(node: fx.Node) -> bool:
@@ -35,7 +39,7 @@ def decode_position_input(graph: fx.Graph) -> int | None:
     """Index of a decode graph's one position-ids input among its placeholders, or None."""
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     positions = [i for i, n in enumerate(placeholders) if _is_position_input(n)]
-    return positions[0] if len(positions) == 1 and any(_is_cache_input(n) for n in placeholders) else None
+    return positions[0] if len(positions) == 1 and any(is_cache_input(n) for n in placeholders) else None
 
 
 class DecodePositionPass:
@@ -47,12 +51,12 @@ class DecodePositionPass:
 
     def __call__(self, graph: fx.Graph) -> int:
         ctx = self.ctx
-        if ctx.video is not None or not ctx.merged_prefill_seen:
+        if ctx.video is not None:
             return 0
         at = decode_position_input(graph)
-        if at is None:
+        if at is None:  # 0 until a prefill merges: a decode graph compiled before one still follows it
             return self._shift_derived(graph) if ctx.positions == "original" else 0
-        if ctx.positions != "compact":
+        if ctx.positions != "compact" or not ctx.merged_prefill_seen:  # before: shifted outside (the backend)
             return 0
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         with graph.inserting_after(placeholders[-1]):
@@ -64,20 +68,28 @@ class DecodePositionPass:
         return 1
 
     def _shift_derived(self, graph: fx.Graph) -> int:
-        """``arange`` positions that reach a position encoding, counted from the cache length: + shift."""
+        """Positions derived with ``arange`` from the cache length: ``+ shift`` on the path into the position
+        encodings only (a copy of that path; masks keep reading the cache's own numbering)."""
         view = self.ctx.view
-        if not view.token_ids or any((shape_of(ids) or (0,))[-1] != 1 for ids in view.token_ids):
+        if not view.token_ids or any((tensor_of(ids).shape[-1] if tensor_of(ids) is not None else 0) != 1
+                                     for ids in view.token_ids):
             return 0  # a decode step reads one new token per row; a prompt starts at 0 wherever it came from
-        sinks = {n for n in graph.nodes if n.target in _ENCODINGS}
-        ranges = [n for n in graph.nodes if n.target is torch.arange and sinks & view.descendants(n)]
+        sinks = [n for n in graph.nodes if n.target in _ENCODINGS]
+        ranges = [n for n in graph.nodes if n.target is torch.arange and set(sinks) & view.descendants(n)]
         if not ranges:
             return 0
+        chain = set(ranges).union(*(view.descendants(r) for r in ranges)) & set().union(
+            *(view.ancestors(s) for s in sinks))
         last = [n for n in graph.nodes if n.op == "placeholder"][-1]
         with graph.inserting_after(last):
             shift = mark_inserted(graph.placeholder(DERIVED_POSITION_SHIFT))
-        for positions in ranges:
-            with graph.inserting_after(positions):
-                shifted = mark_inserted(graph.call_function(operator.add, (positions, shift)))
-            positions.replace_all_uses_with(shifted, delete_user_cb=lambda user: user is not shifted)
+        copies: dict[fx.Node, fx.Node] = {}
+        for node in [n for n in graph.nodes if n in chain]:
+            with graph.inserting_after(node):
+                copies[node] = mark_inserted(graph.call_function(operator.add, (node, shift)) if node in ranges
+                                             else graph.node_copy(node, lambda a: copies.get(a, a)))
+        for sink in sinks:
+            sink.args = fx.map_arg(sink.args, lambda a: copies.get(a, a))
+            sink.kwargs = fx.map_arg(sink.kwargs, lambda a: copies.get(a, a))
         self.ctx.extra_inputs.append(DERIVED_POSITION_SHIFT)
-        return len(ranges)
+        return len(copies)

@@ -28,11 +28,11 @@ def known_video_ids(ctx: GraphContext) -> tuple[tuple[int, ...], bool]:
     return ((known,) if known is not None else ()), False
 
 
-def video_placement(graph: fx.Graph, ctx: GraphContext) -> str | None:
+def video_placement(view: DataflowView, ctx: GraphContext) -> str | None:
     """How the graph places video features, if it does (the outer pass would rewrite it): ``"cat"`` for a
     concatenation (its sizes may hang on a split point read with ``.item()``), else ``"scatter"``."""
     try:
-        boundary = find_video_boundary(DataflowView(graph, ctx.vision_classes), *known_video_ids(ctx))
+        boundary = find_video_boundary(view, *known_video_ids(ctx))
     except RewriteError:  # more than one: the outer pass says why
         return "scatter"
     return None if boundary is None else "cat" if boundary.pieces else "scatter"
@@ -82,6 +82,7 @@ class OuterMergePass:
                 mask = mark_inserted(graph.call_function(
                     span_mask, (sequence, boundary.span_start, boundary.span[1])))
         place_after = mask if boundary.mask is None else scatter
+        ids_reader = boundary.mask if boundary.mask is not None else scatter  # what the view knows descends from ids
         length, dim = shape_of(sequence)[1:]
         batch, row_span = boundary.span
         layout = ctx.layout
@@ -89,7 +90,7 @@ class OuterMergePass:
         rope = layout.rotary_axes == 3 or (layout.rotary_axes is None and positions is not None)
         grid_check, frame_spans = None, False
         if rope:
-            grid_check = self._rope_grid(positions, mask, token_id, batch, length)
+            grid_check = self._rope_grid(positions, ids_reader, token_id, batch, length)
             videos, frames, per_frame, frame_spans = self._rope_layout(grid_check, row_span)
             pass_through, span = 0, row_span // videos
         else:
@@ -98,7 +99,7 @@ class OuterMergePass:
             try:
                 frames, per_frame, pass_through = self._frame_grid(features, batch, span, dim)
             except RewriteError as no_frames:  # the ids may still show frames as spans of their own
-                grid_check = self._span_grid(mask, token_id, batch, length, no_frames)
+                grid_check = self._span_grid(ids_reader, token_id, batch, length, no_frames)
                 videos, frames, per_frame, frame_spans = self._rope_layout(grid_check, row_span)
                 pass_through, span = 0, row_span // videos
         if ctx.config.budget != "exact":

@@ -13,7 +13,8 @@ import sympy
 import torch
 import torch.fx as fx
 
-from .context import RewriteError, propagate_fresh
+from .context import RewriteError, is_weight, propagate_fresh
+from .dataflow import DataflowView
 
 _SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)
 
@@ -56,13 +57,17 @@ def is_symbolic(gm: fx.GraphModule) -> bool:
 def scalar_reads(gm: fx.GraphModule) -> list[fx.Node]:
     """The graph's data-dependent scalar reads (``.item()``) that something reads: a split point read off
     the token ids (one a specialization folded away is left unread)."""
-    return [n for n in gm.graph.nodes if n.users and ((n.op == "call_method" and n.target == "item")
-                                                     or n.target is torch.ops.aten._local_scalar_dense.default)]
+    return [n for n in gm.graph.nodes if n.users and _is_scalar_read(n)]
+
+
+def _is_scalar_read(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target == "item") or \
+        node.target is torch.ops.aten._local_scalar_dense.default
 
 
 class ScalarProbe:
     """The part of a graph that derives its scalar reads, run on a call's inputs: the key of a variant
-    specialized for those values (one host read, the one the model's own ``.item()`` makes)."""
+    specialized for those values (a host read; the rewritten variant no longer makes the model's own)."""
 
     def __init__(self, gm: fx.GraphModule):
         reads = scalar_reads(gm)
@@ -83,45 +88,57 @@ class ScalarProbe:
             return tuple(int(v) for v in self.module(*args))
 
 
-def unbacked_bindings(gm: fx.GraphModule, args: list) -> dict[sympy.Symbol, int]:
-    """Each data-dependent size symbol of the graph (``u0 = x.item()``, the size of a slice at it), bound
-    to its value for ``args``: the graph runs once on them."""
+def read_bindings(gm: fx.GraphModule, args: list) -> dict[sympy.Symbol, int]:
+    """Each data-dependent size symbol that derives from the graph's scalar reads (``u0 = x.item()``, the
+    size of a slice at it), bound to its value for ``args``: the graph runs once on copies of them. Other
+    data-dependent sizes (an MoE's routing) stay unbound: a specialization would bake them in."""
+    view = DataflowView(gm.graph)
+    derived = set().union(*({read} | view.descendants(read) for read in scalar_reads(gm)))
     bindings = {}
+
+    def bind(size, actual) -> None:
+        if isinstance(size, torch.SymInt) and isinstance(size.node.expr, sympy.Symbol):
+            bindings[size.node.expr] = int(actual)
 
     class Recorder(fx.Interpreter):
         def run_node(self, node):
             result = super().run_node(node)
             example = _example(node)
-            if isinstance(example, torch.SymInt) and isinstance(example.node.expr, sympy.Symbol):
-                bindings[example.node.expr] = int(result)
+            if node not in derived:
+                return result
+            if isinstance(example, torch.SymInt):
+                bind(example, result)
             elif isinstance(example, torch.Tensor) and isinstance(result, torch.Tensor):
                 for size, actual in zip(example.shape, result.shape):
-                    if isinstance(size, torch.SymInt) and isinstance(size.node.expr, sympy.Symbol):
-                        bindings[size.node.expr] = int(actual)
+                    bind(size, actual)
             return result
 
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    copies = [x.clone() if isinstance(x, torch.Tensor) and not is_weight(node) else x
+              for node, x in zip(placeholders, args)]
     with torch.no_grad():
-        Recorder(gm).run(*args)
+        Recorder(gm).run(*copies)
     return bindings
 
 
-def specialize(gm: fx.GraphModule, args: list) -> tuple[fx.GraphModule, list[int]]:
+def specialize(gm: fx.GraphModule, args: list, bind_reads: bool = False) -> tuple[fx.GraphModule, list[int]]:
     """A static copy of ``gm`` for ``args``: returns it and the indices of the args it still takes.
 
-    Every node producing a symbolic scalar is replaced by its value; the scalar inputs go away;
+    Every node producing a symbolic scalar is replaced by its value (``bind_reads``: the values that follow
+    from the graph's scalar reads too, ``read_bindings``); the scalar inputs go away;
     tensor metadata is re-propagated with static fake tensors. A scalar read (``.item()``) stays
     in the graph, unread: the nodes its value reached name it in ``meta["holitom_scalar_sources"]``,
     so dataflow still sees where a split point came from (``passes.dataflow``).
     """
     bindings = symbol_bindings(gm, args)
-    if scalar_reads(gm):
-        bindings.update(unbacked_bindings(gm, args))
+    if bind_reads:  # a split point: the sizes that follow from it are this copy's too
+        bindings.update(read_bindings(gm, args))
     graph = fx.Graph()
     graph.output(graph.graph_copy(gm.graph, {}))
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     kept = [i for i, node in enumerate(placeholders) if not isinstance(_example(node), _SYMBOLIC)]
     reads = set(scalar_reads(fx.GraphModule(gm, graph)))
-    folded_reads = {n for n in graph.nodes if n.op == "call_method" and n.target == "item"} - reads
+    folded_reads = {n for n in graph.nodes if _is_scalar_read(n)} - reads
     sources: dict[fx.Node, set[fx.Node]] = {}
     for node in graph.nodes:  # which reads each symbolic scalar derives from
         if isinstance(_example(node), _SYMBOLIC):

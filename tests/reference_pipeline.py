@@ -93,7 +93,7 @@ def last_row_attention(layer, hidden, cos, sin):
 
 @torch.no_grad()
 def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: int, new_tokens: int,
-             saliency_twin=None, image=None):
+             saliency_twin=None, image=None, step_logits: list | None = None):
     """(prefill logits of the last position [1, vocab], greedy tokens [new_tokens]) of a LLaVA model.
 
     Dynamic tokens are ranked by feature norm, or with ``saliency_twin`` (an uncompiled model with
@@ -106,7 +106,7 @@ def generate(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, frames: 
     else:
         positions, next_position = original, input_ids.shape[1]
     return run_decoder(model, hidden, starts, span, positions, lambda step: torch.tensor([[next_position + step]]),
-                       cfg, new_tokens)
+                       cfg, new_tokens, step_logits=step_logits)
 
 
 def qwen_merged_embeds(model, inputs, cfg: HoliTomConfig):
@@ -208,12 +208,13 @@ def qwen_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int):
 
 
 def run_decoder(model, hidden, starts, span, positions, decode_position, cfg: HoliTomConfig, new_tokens: int,
-                after_layer=lambda index, hidden: hidden, visual: list[int] | None = None):
+                after_layer=lambda index, hidden: hidden, visual: list[int] | None = None,
+                step_logits: list | None = None):
     """The model's own decoder layers, one by one, on merged embeddings at ``positions``; the inner
     merge at layer K by the loop reference, on each video span (``starts``, ``span`` tokens) or on the
     ``visual`` token indices; ``after_layer(index, hidden)`` after each prefill layer; greedy decoding on
     the per-layer caches at ``decode_position(step)``. Returns (prefill logits of the last position,
-    greedy tokens)."""
+    greedy tokens); ``step_logits`` receives every step's logits (the prefill's first)."""
     lm = model.model.language_model
     layer_k = cfg.resolve_inner_layer(len(lm.layers))
     cos, sin = lm.rotary_emb(hidden, positions)
@@ -235,11 +236,14 @@ def run_decoder(model, hidden, starts, span, positions, decode_position, cfg: Ho
                                           past_key_values=cache, use_cache=True, position_ids=None))
     logits = model.lm_head(lm.norm(hidden[:, -1:]))[:, 0]
     tokens = [int(logits.argmax(-1))]
+    collected = step_logits if step_logits is not None else []
+    collected.append(logits)
     for step in range(new_tokens - 1):
         hidden = lm.embed_tokens(torch.tensor([[tokens[-1]]]))
         cos, sin = lm.rotary_emb(hidden, decode_position(step))
         for layer in lm.layers:
             hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), past_key_values=cache,
                            use_cache=True, position_ids=None)
-        tokens.append(int(model.lm_head(lm.norm(hidden))[0, -1].argmax()))
+        collected.append(model.lm_head(lm.norm(hidden))[:, -1])
+        tokens.append(int(collected[-1][0].argmax()))
     return logits, tokens

@@ -15,7 +15,7 @@ from holitom_fx.archs import GENERIC, layout_for
 from holitom_fx.ops import feature_saliency, outer_merge, place_by_frame
 from holitom_fx.sweep import build_inputs, build_tiny
 
-from .test_backend_llava_onevision import graph_count, greedy_with_first_logits
+from .test_backend_llava_onevision import graph_count, greedy_with_first_logits, greedy_with_step_logits
 
 GLM = ("Glm4vForConditionalGeneration", ["glm4v"])
 IDENTITY = HoliTomConfig(retain_ratio=1.0, tau=1.5, inner_layer="off")
@@ -47,7 +47,7 @@ def compiled(cfg: HoliTomConfig):
 
 @torch.no_grad()
 def reference_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int, renumber: bool = False):
-    """(first logits, greedy tokens): the outer stage applied by hand with the model's own parts; every merged
+    """(logits of every step ``[new_tokens, vocab]``, greedy tokens): the outer stage applied by hand with the model's own parts; every merged
     token at its representative's (t, h, w) (``renumber``: at 0..L'-1 instead, to show positions matter),
     decoding after the prompt's last position. Feature-norm saliency, as generate() encodes outside the graph."""
     inner = model.model
@@ -68,14 +68,16 @@ def reference_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int, renum
         merged = torch.arange(hidden.shape[1]).expand(3, 1, -1)
     step = model(inputs_embeds=hidden, position_ids=merged, attention_mask=torch.ones(1, hidden.shape[1]),
                  use_cache=True)
-    first, tokens = step.logits[:, -1], [int(step.logits[0, -1].argmax())]
+    steps = [step.logits[:, -1]]
+    tokens = [int(steps[0][0].argmax())]
     last = positions[..., -1:]
     for index in range(new_tokens - 1):
         length = hidden.shape[1] + index + 1
         step = model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=last + 1 + index,
                      attention_mask=torch.ones(1, length), past_key_values=step.past_key_values, use_cache=True)
-        tokens.append(int(step.logits[0, -1].argmax()))
-    return first, tokens
+        steps.append(step.logits[:, -1])
+        tokens.append(int(steps[-1][0].argmax()))
+    return torch.cat(steps), tokens
 
 
 def test_glm_has_no_record_and_marks_video_with_the_image_token():
@@ -101,11 +103,11 @@ def test_identity_at_full_retain_without_inner_stage():
 def test_generate_matches_the_eager_reference_at_representative_positions():
     model, backend = compiled(OUTER)
     inputs = inputs_for(model)
-    expected_logits, expected_tokens = reference_generate(tiny(), inputs, OUTER, 8)
-    renumbered_logits, _ = reference_generate(tiny(), inputs, OUTER, 1, renumber=True)
-    assert not torch.allclose(expected_logits, renumbered_logits, atol=1e-4)  # the positions decide here
-    tokens, logits = greedy_with_first_logits(model, inputs, 8)
-    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    expected_steps, expected_tokens = reference_generate(tiny(), inputs, OUTER, 8)
+    renumbered, _ = reference_generate(tiny(), inputs, OUTER, 1, renumber=True)
+    assert not torch.allclose(expected_steps[:1], renumbered, atol=1e-4)  # the positions decide here
+    tokens, steps = greedy_with_step_logits(model, inputs, 8)
+    torch.testing.assert_close(steps, expected_steps, rtol=1e-4, atol=1e-4)
     assert tokens == [expected_tokens]
     report = backend.last_report
     assert (report.frames, report.tokens_in, report.tokens_after_outer) == (2, 32, 16) and backend.fallbacks == 0

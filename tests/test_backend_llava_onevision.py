@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 import holitom_fx
 from holitom_fx import HoliTomBackend, HoliTomConfig
+from holitom_fx.backend import DYNAMO_CAPTURE
 from holitom_fx.tiny import synthetic_clip, tiny_llava_onevision, video_prompt
 
 from . import reference_pipeline
@@ -41,6 +42,13 @@ def video_inputs(model, frames=FRAMES, before=(1, 2, 3), after=(5, 6, 7, 8, 9), 
 def greedy(model, inputs, new_tokens):
     out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
     return out[:, inputs["input_ids"].shape[1]:].tolist()
+
+
+def greedy_with_step_logits(model, inputs, new_tokens):
+    """(generated tokens, the logits of every step ``[new_tokens, vocab]``) of one batch-1 ``generate()``."""
+    out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True)
+    return out.sequences[:, inputs["input_ids"].shape[1]:].tolist(), torch.cat(out.logits)
 
 
 def greedy_with_first_logits(model, inputs, new_tokens):
@@ -74,16 +82,19 @@ def test_identity_at_full_retain_without_inner_stage():
 def test_prefill_and_generate_match_the_eager_reference_pipeline(cfg):
     model, backend = compiled_model(cfg, vision=True)
     inputs = video_inputs(model)
+    expected_steps = []
     expected_logits, expected_tokens = reference_pipeline.generate(
         tiny_llava_onevision(), inputs["input_ids"], inputs["pixel_values_videos"], cfg, FRAMES, 16,
-        saliency_twin=tiny_llava_onevision())
+        saliency_twin=tiny_llava_onevision(), step_logits=expected_steps)
     # No attention mask, explicit positions: transformers derives a packed-sequence mask from
     # the positions here, so any gap leaking into it would change these logits.
     length = inputs["input_ids"].shape[1]
     logits = model(input_ids=inputs["input_ids"], pixel_values_videos=inputs["pixel_values_videos"],
                    position_ids=torch.arange(length)[None]).logits[:, -1]
     torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
-    assert greedy(model, inputs, 16) == [expected_tokens]
+    tokens, steps = greedy_with_step_logits(model, inputs, 16)
+    assert tokens == [expected_tokens]
+    torch.testing.assert_close(steps, torch.cat(expected_steps), rtol=1e-4, atol=1e-4)  # decode positions too
 
     report = backend.last_report
     grid = FRAMES * 4
@@ -307,6 +318,7 @@ def test_transformers_classes_and_model_are_untouched():
     assert all(set(vars(model.get_submodule(name))) - instance[name] <= {"_compiled_call_impl"} for name in changed)
 
 
+@torch._dynamo.config.patch(**DYNAMO_CAPTURE)  # what a HoliTom backend sets: both runs under the same settings
 def graph_count(model_factory, backend_factory, inputs_factory, runs=2, vision_tower="model.vision_tower"):
     """Graphs compiled after each of ``runs`` greedy generations (the vision tower compiled too, if named)."""
     torch._dynamo.reset()
@@ -392,10 +404,13 @@ def test_text_first_then_video_decodes_at_the_merged_positions(caplog):
     assert not caplog.records and backend.fallbacks == 0 and backend.last_report is None
     assert all(record.rewrites.get("DecodePositionPass", 0) == 0 for record in backend.graphs)
     inputs = video_inputs(model)
+    expected_steps = []
     _, expected_tokens = reference_pipeline.generate(
         tiny_llava_onevision(), inputs["input_ids"], inputs["pixel_values_videos"], MERGING, FRAMES, 12,
-        saliency_twin=tiny_llava_onevision())
-    assert greedy(model, inputs, 12) == [expected_tokens]
+        saliency_twin=tiny_llava_onevision(), step_logits=expected_steps)
+    tokens, steps = greedy_with_step_logits(model, inputs, 12)
+    assert tokens == [expected_tokens]
+    torch.testing.assert_close(steps, torch.cat(expected_steps), rtol=1e-4, atol=1e-4)  # decode positions too
     assert backend.last_report.sequence_length[2] < inputs["input_ids"].shape[1] and backend.fallbacks == 0
 
 

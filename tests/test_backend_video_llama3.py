@@ -13,7 +13,7 @@ from holitom_fx.archs import GENERIC, layout_for
 from holitom_fx.ops import feature_saliency, outer_merge, place_by_frame
 from holitom_fx.sweep import build_tiny
 
-from .test_backend_llava_onevision import greedy_with_first_logits
+from .test_backend_llava_onevision import greedy_with_first_logits, greedy_with_step_logits
 
 VIDEO_LLAMA3 = ("VideoLlama3ForConditionalGeneration", ["video_llama_3"])
 FRAMES, SIDE, MERGE, PATCH = 4, 8, 2, 16  # 4 frames of 8x8 patches, merged 2x2: 16 tokens per frame
@@ -49,7 +49,7 @@ def compiled(cfg: HoliTomConfig):
 
 @torch.no_grad()
 def reference_generate(model, inputs, cfg: HoliTomConfig, spans: int, new_tokens: int):
-    """(first logits, greedy tokens): the outer stage applied by hand on ``spans`` frames, each merged token in
+    """(logits of every step ``[new_tokens, vocab]``, greedy tokens): the outer stage applied by hand on ``spans`` frames, each merged token in
     its representative's frame span, compact positions, decoding after the merged length."""
     ids = inputs["input_ids"]
     features = torch.cat(model.model.get_video_features(
@@ -63,13 +63,15 @@ def reference_generate(model, inputs, cfg: HoliTomConfig, spans: int, new_tokens
     length = hidden.shape[1]
     step = model(inputs_embeds=hidden, position_ids=torch.arange(length)[None],
                  attention_mask=torch.ones(1, length), use_cache=True)
-    first, tokens = step.logits[:, -1], [int(step.logits[0, -1].argmax())]
+    steps = [step.logits[:, -1]]
+    tokens = [int(steps[0][0].argmax())]
     for index in range(new_tokens - 1):
         step = model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=torch.tensor([[length + index]]),
                      attention_mask=torch.ones(1, length + index + 1), past_key_values=step.past_key_values,
                      use_cache=True)
-        tokens.append(int(step.logits[0, -1].argmax()))
-    return first, tokens
+        steps.append(step.logits[:, -1])
+        tokens.append(int(steps[-1][0].argmax()))
+    return torch.cat(steps), tokens
 
 
 def test_video_llama3_has_no_record():
@@ -93,12 +95,12 @@ def test_generate_matches_the_eager_reference_and_a_new_grid_is_read_per_call():
     model, backend = compiled(OUTER)
     for spans in (FRAMES, 2):  # the same 64 tokens as 2 spans of 32: another grid, its own rewrite
         inputs = video_inputs(model, spans)
-        expected_logits, expected_tokens = reference_generate(tiny(), inputs, OUTER, spans, 8)
-        tokens, logits = greedy_with_first_logits(model, inputs, 8)
-        torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+        expected_steps, expected_tokens = reference_generate(tiny(), inputs, OUTER, spans, 8)
+        tokens, steps = greedy_with_step_logits(model, inputs, 8)
+        torch.testing.assert_close(steps, expected_steps, rtol=1e-4, atol=1e-4)
         assert tokens == [expected_tokens]
         report = backend.last_report
         assert (report.frames, report.tokens_in, report.tokens_after_outer) == (spans, 64, 32)
     other_grid, _ = reference_generate(tiny(), video_inputs(model, 2), OUTER, FRAMES, 1)
-    assert not torch.allclose(other_grid, expected_logits, atol=1e-4)  # the grid decides the merge here
+    assert not torch.allclose(other_grid, expected_steps[:1], atol=1e-4)  # the grid decides the merge here
     assert backend.fallbacks == 0

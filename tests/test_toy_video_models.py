@@ -80,7 +80,6 @@ def test_the_toy_compiles_as_it_runs(toy):
         torch._dynamo.reset()
         counter = CompileCounter()
         torch.compile(model, backend=counter)(ids, pixels)
-    print(f"{toy.__name__}: prefill in {counter.frame_count} graph(s), {counter.op_count} ops")
     assert counter.frame_count == 1  # no graph break, the split point of CatToy included
 
 
@@ -108,9 +107,11 @@ def test_backend_is_the_identity_at_full_retain_without_inner_stage(toy):
 def test_backend_equals_holitom_applied_by_hand(toy):
     model, backend = compiled_toy(toy, MERGING)
     ids, pixels = toy_inputs(model)
-    expected_logits, expected = reference_generate(toy(), ids, pixels, MERGING, 10)
+    expected_steps, steps = [], []
+    expected_logits, expected = reference_generate(toy(), ids, pixels, MERGING, 10, step_logits=expected_steps)
     torch.testing.assert_close(model(ids, pixels)[0][:, -1], expected_logits, rtol=1e-4, atol=1e-4)
-    assert greedy(model, ids, pixels, 10) == expected
+    assert greedy(model, ids, pixels, 10, steps) == expected
+    torch.testing.assert_close(torch.cat(steps), torch.cat(expected_steps), rtol=1e-4, atol=1e-4)
     report = backend.last_report
     assert (report.frames, report.tokens_in) == (FRAMES, FRAMES * TOKENS_PER_FRAME)
     assert report.tokens_after_outer == round(MERGING.retain_ratio * FRAMES * TOKENS_PER_FRAME)
@@ -127,9 +128,11 @@ def test_original_positions_where_the_toy_derives_them(toy):
     positions, from the cache length when decoding): every merged token at its representative's position."""
     model, backend = compiled_toy(toy, ORIGINAL)
     ids, pixels = toy_inputs(model)
-    expected_logits, expected = reference_generate(toy(), ids, pixels, ORIGINAL, 10)
+    expected_steps, steps = [], []
+    expected_logits, expected = reference_generate(toy(), ids, pixels, ORIGINAL, 10, step_logits=expected_steps)
     compact_logits, _ = reference_generate(toy(), ids, pixels, MERGING, 1)
     assert not torch.allclose(expected_logits, compact_logits, atol=1e-3)  # the positions decide here
     torch.testing.assert_close(model(ids, pixels)[0][:, -1], expected_logits, rtol=1e-4, atol=1e-4)
-    assert greedy(model, ids, pixels, 10) == expected
+    assert greedy(model, ids, pixels, 10, steps) == expected
+    torch.testing.assert_close(torch.cat(steps), torch.cat(expected_steps), rtol=1e-4, atol=1e-4)
     assert backend.fallbacks == 0 and backend.last_report.tokens_after_inner < backend.last_report.tokens_after_outer

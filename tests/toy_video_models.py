@@ -336,12 +336,16 @@ class IndexPutToy(nn.Module):
 TOYS = (CatToy, WhereToy, IndexPutToy)
 
 
-def greedy(model, input_ids, pixel_values, new_tokens: int) -> list[int]:
-    """Any toy's generation loop: prefill with the video, then one token at a time on its cache."""
+def greedy(model, input_ids, pixel_values, new_tokens: int, step_logits: list | None = None) -> list[int]:
+    """Any toy's generation loop: prefill with the video, then one token at a time on its cache;
+    ``step_logits`` receives each step's last-position logits."""
+    collected = step_logits if step_logits is not None else []
     logits, cache = model(input_ids, pixel_values)
+    collected.append(logits[:, -1])
     tokens = [int(logits[0, -1].argmax())]
     for _ in range(new_tokens - 1):
         logits, cache = model(torch.tensor([[tokens[-1]]], device=input_ids.device), None, cache)
+        collected.append(logits[:, -1])
         tokens.append(int(logits[0, -1].argmax()))
     return tokens
 
@@ -411,7 +415,7 @@ def _project(parts: _Parts, layer, x, cos, sin):
 
 @torch.no_grad()
 def reference_generate(model, ids: torch.Tensor, pixels: torch.Tensor, cfg: HoliTomConfig, new_tokens: int,
-                       by_attention: bool = True) -> tuple[torch.Tensor, list[int]]:
+                       by_attention: bool = True, step_logits: list | None = None) -> tuple[torch.Tensor, list[int]]:
     """``(prefill logits of the last position [1, vocab], greedy tokens)`` of any toy here, with HoliTom
     applied by hand around its own modules: the outer stage on the features (dynamic tokens ranked by
     the vision attention, else by feature norm), the merged tokens in place of the placeholder(s),
@@ -455,6 +459,8 @@ def reference_generate(model, ids: torch.Tensor, pixels: torch.Tensor, cfg: Holi
         x, cache = parts.run(layer, x, cos, sin, None)
         caches.append(cache)
     logits = parts.head(x)[:, -1]
+    collected = step_logits if step_logits is not None else []
+    collected.append(logits)
     tokens = [int(logits.argmax())]
     for step in range(new_tokens - 1):
         x = parts.embed(torch.tensor([[tokens[-1]]]))
@@ -465,5 +471,6 @@ def reference_generate(model, ids: torch.Tensor, pixels: torch.Tensor, cfg: Holi
             x = x + parts.wpe(position[0])
         for index, layer in enumerate(parts.layers):
             x, caches[index] = parts.run(layer, x, cos, sin, caches[index])
-        tokens.append(int(parts.head(x)[0, -1].argmax()))
+        collected.append(parts.head(x)[:, -1])
+        tokens.append(int(collected[-1][0].argmax()))
     return logits, tokens
