@@ -9,7 +9,6 @@ import torch
 from holitom_fx import HoliTomBackend, HoliTomConfig
 from holitom_fx.tiny import tiny_llava_next_video
 
-from . import reference_pipeline
 from .test_backend_llava_onevision import (FRAMES, IDENTITY, MERGING,
                                            assert_generate_matches_reference_with_vision_saliency,
                                            assert_padded_batch_equals_each_row_alone, compiled_model, graph_count,
