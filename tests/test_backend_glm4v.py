@@ -119,3 +119,30 @@ def test_no_added_graph_breaks_and_no_recompilation():
     holitom = graph_count(tiny, lambda m: HoliTomBackend(OUTER, compiler="eager").bind(m), inputs_for,
                           vision_tower=None)
     assert holitom[0] == plain[0] and holitom[1] == holitom[0]
+
+
+@torch.no_grad()
+def test_batch_of_two_with_left_padding_equals_each_row_alone():
+    model, backend = compiled(OUTER)
+    short = glm_inputs()
+    extra = torch.tensor([[1, 2]])  # two more text tokens in front: the rows differ in length
+    long = dict(short, input_ids=torch.cat([extra, short["input_ids"]], 1),
+                attention_mask=torch.cat([torch.ones_like(extra), short["attention_mask"]], 1),
+                mm_token_type_ids=torch.cat([torch.zeros_like(extra), short["mm_token_type_ids"]], 1),
+                pixel_values_videos=short["pixel_values_videos"].flip(0))  # another clip
+    pad = extra.shape[1]
+
+    def left_pad(x):
+        return torch.cat([torch.zeros(1, pad, dtype=x.dtype), x], 1)
+
+    batch = {key: torch.cat([left_pad(short[key]), long[key]])
+             for key in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    batch.update({key: torch.cat([short[key], long[key]]) for key in ("pixel_values_videos", "video_grid_thw")})
+    together = model.generate(**batch, max_new_tokens=8, do_sample=False)[:, batch["input_ids"].shape[1]:].tolist()
+    assert backend.last_report.batch == 2 and backend.fallbacks == 0
+    alone = []
+    for inputs in (short, long):
+        torch._dynamo.reset()
+        single, _ = compiled(OUTER)
+        alone += greedy_with_step_logits(single, inputs, 8)[0]
+    assert together == alone

@@ -28,14 +28,14 @@ def tiny():
     return build_tiny(*VIDEO_LLAMA3)
 
 
-def video_inputs(model, spans=FRAMES):
+def video_inputs(model, spans=FRAMES, before=(1, 2, 3), seed=0):
     """The clip (frames close to the first: some tokens static) and ``spans`` placeholder spans over its tokens."""
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     patches = torch.randn(FRAMES, SIDE * SIDE, 3 * PATCH * PATCH, generator=generator)
     pixels = (patches[:1] + 0.3 * patches).reshape(FRAMES * SIDE * SIDE, -1)
     tokens = FRAMES * SIDE * SIDE // MERGE ** 2
     span = [model.config.video_token_id] * (tokens // spans)
-    ids = torch.tensor([[1, 2, 3] + sum(([TIMESTAMP] + span for _ in range(spans)), []) + [5, 6, 7]])
+    ids = torch.tensor([list(before) + sum(([TIMESTAMP] + span for _ in range(spans)), []) + [5, 6, 7]])
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels,
                 video_grid_thw=torch.tensor([[FRAMES, SIDE, SIDE]]), video_merge_sizes=torch.tensor([MERGE]))
 
@@ -104,3 +104,26 @@ def test_generate_matches_the_eager_reference_and_a_new_grid_is_read_per_call():
     other_grid, _ = reference_generate(tiny(), video_inputs(model, 2), OUTER, FRAMES, 1)
     assert not torch.allclose(other_grid, expected_steps[:1], atol=1e-4)  # the grid decides the merge here
     assert backend.fallbacks == 0
+
+
+@torch.no_grad()
+def test_batch_of_two_with_left_padding_equals_each_row_alone():
+    model, backend = compiled(OUTER)
+    short, long = video_inputs(model, seed=0), video_inputs(model, before=(1, 2, 3, 4, 5), seed=1)
+    pad = long["input_ids"].shape[1] - short["input_ids"].shape[1]
+
+    def left_pad(x):
+        return torch.cat([torch.zeros(1, pad, dtype=x.dtype), x], 1)
+
+    batch = dict(input_ids=torch.cat([left_pad(short["input_ids"]), long["input_ids"]]),
+                 attention_mask=torch.cat([left_pad(short["attention_mask"]), long["attention_mask"]]),
+                 **{key: torch.cat([short[key], long[key]])
+                    for key in ("pixel_values_videos", "video_grid_thw", "video_merge_sizes")})
+    together = model.generate(**batch, max_new_tokens=8, do_sample=False)[:, batch["input_ids"].shape[1]:].tolist()
+    assert backend.last_report.batch == 2 and backend.fallbacks == 0
+    alone = []
+    for inputs in (short, long):
+        torch._dynamo.reset()
+        single, _ = compiled(OUTER)
+        alone += greedy_with_step_logits(single, inputs, 8)[0]
+    assert together == alone
