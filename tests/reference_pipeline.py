@@ -76,7 +76,7 @@ def merged_embeds(model, input_ids, pixel_values_videos, cfg: HoliTomConfig, fra
     return embeds, [start - index * (span - merged) for index, start in enumerate(starts)], merged, original
 
 
-def last_row_attention(layer, hidden, cos, sin):
+def last_row_attention(layer, hidden, cos, sin, apply_rotary=apply_rotary_pos_emb):
     attn = layer.self_attn
     normed = layer.input_layernorm(hidden)
     batch, length, _ = hidden.shape
@@ -85,7 +85,7 @@ def last_row_attention(layer, hidden, cos, sin):
     if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before the rotary
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    q, k = apply_rotary(q, k, cos, sin)
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
     scores = (q[:, :, -1:] @ k.transpose(-1, -2)) * attn.scaling
     return scores.softmax(-1).mean(1)[:, 0]
@@ -209,12 +209,13 @@ def qwen_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int):
 
 def run_decoder(model, hidden, starts, span, positions, decode_position, cfg: HoliTomConfig, new_tokens: int,
                 after_layer=lambda index, hidden: hidden, visual: list[int] | None = None,
-                step_logits: list | None = None):
+                step_logits: list | None = None, apply_rotary=apply_rotary_pos_emb):
     """The model's own decoder layers, one by one, on merged embeddings at ``positions``; the inner
     merge at layer K by the loop reference, on each video span (``starts``, ``span`` tokens) or on the
     ``visual`` token indices; ``after_layer(index, hidden)`` after each prefill layer; greedy decoding on
     the per-layer caches at ``decode_position(step)``. Returns (prefill logits of the last position,
-    greedy tokens); ``step_logits`` receives every step's logits (the prefill's first)."""
+    greedy tokens); ``step_logits`` receives every step's logits (the prefill's first). ``apply_rotary``: the
+    model's own rotary application, for layer K-1's q/k (GLM rotates part of each head)."""
     lm = model.model.language_model
     layer_k = cfg.resolve_inner_layer(len(lm.layers))
     cos, sin = lm.rotary_emb(hidden, positions)
@@ -222,7 +223,7 @@ def run_decoder(model, hidden, starts, span, positions, decode_position, cfg: Ho
     previous_input = hidden  # input of the previous layer: layer K-1's q/k come from it
     for index, layer in enumerate(lm.layers):
         if index == layer_k:
-            attention = last_row_attention(lm.layers[index - 1], previous_input, cos, sin)
+            attention = last_row_attention(lm.layers[index - 1], previous_input, cos, sin, apply_rotary)
             keep = torch.arange(hidden.shape[1])
             if visual is not None:
                 hidden, keeps = ref.inner_merge_loop(hidden, attention, [0], len(visual), cfg.inner_ratio, [visual])

@@ -9,11 +9,14 @@ import functools
 
 import pytest
 import torch
+from transformers.models.glm4v import modeling_glm4v
 
 from holitom_fx import HoliTomBackend, HoliTomConfig
 from holitom_fx.archs import GENERIC, layout_for
 from holitom_fx.ops import feature_saliency, outer_merge, place_by_frame
 from holitom_fx.sweep import build_inputs, build_tiny
+
+from . import reference_pipeline
 
 from .test_backend_llava_onevision import graph_count, greedy_with_first_logits, greedy_with_step_logits
 
@@ -45,11 +48,10 @@ def compiled(cfg: HoliTomConfig):
     return model, backend
 
 
-@torch.no_grad()
-def reference_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int, renumber: bool = False):
-    """(logits of every step ``[new_tokens, vocab]``, greedy tokens): the outer stage applied by hand with the model's own parts; every merged
-    token at its representative's (t, h, w) (``renumber``: at 0..L'-1 instead, to show positions matter),
-    decoding after the prompt's last position. Feature-norm saliency, as generate() encodes outside the graph."""
+def merged_prompt(model, inputs, cfg: HoliTomConfig):
+    """(embeddings after the outer stage applied by hand with the model's own encoder, every token's
+    (t, h, w) [3, 1, L'] (a merged token's: its representative's), the merged video's token indices, the
+    prompt's last position). Feature-norm saliency, as generate() encodes outside the graph."""
     inner = model.model
     ids = inputs["input_ids"]
     features = torch.cat(inner.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
@@ -63,14 +65,22 @@ def reference_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int, renum
     grid = features.reshape(t, per_frame, -1)
     out = outer_merge(grid, feature_saliency(grid), cfg)
     hidden, source = place_by_frame(embeds, mask, out.tokens[None], out.positions[None], t, per_frame)
-    merged = positions.gather(-1, source.expand(3, *source.shape))
+    video_rows = torch.nonzero(mask.gather(1, source)[0]).flatten().tolist()
+    return hidden, positions.gather(-1, source.expand(3, *source.shape)), video_rows, positions[..., -1:]
+
+
+@torch.no_grad()
+def reference_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int, renumber: bool = False):
+    """(logits of every step ``[new_tokens, vocab]``, greedy tokens), outer stage only, through the model's own
+    forward: merged tokens at their representatives' (t, h, w) (``renumber``: at 0..L'-1 instead, to show
+    positions matter), decoding after the prompt's last position."""
+    hidden, merged, _, last = merged_prompt(model, inputs, cfg)
     if renumber:
         merged = torch.arange(hidden.shape[1]).expand(3, 1, -1)
     step = model(inputs_embeds=hidden, position_ids=merged, attention_mask=torch.ones(1, hidden.shape[1]),
                  use_cache=True)
     steps = [step.logits[:, -1]]
     tokens = [int(steps[0][0].argmax())]
-    last = positions[..., -1:]
     for index in range(new_tokens - 1):
         length = hidden.shape[1] + index + 1
         step = model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=last + 1 + index,
@@ -146,3 +156,22 @@ def test_batch_of_two_with_left_padding_equals_each_row_alone():
         single, _ = compiled(OUTER)
         alone += greedy_with_step_logits(single, inputs, 8)[0]
     assert together == alone
+
+
+@torch.no_grad()
+def test_inner_stage_matches_the_reference_decoder():
+    """Both stages: the inner merge at layer K over the video's tokens across its frame spans, layer K-1's
+    attention from its own q/k with GLM's partial rotary, against the loop reference."""
+    cfg = HoliTomConfig(retain_ratio=0.5, tau=0.8)
+    model, backend = compiled(cfg)
+    reference = tiny()
+    hidden, merged, video_rows, last = merged_prompt(reference, glm_inputs(), cfg)
+    expected_steps = []
+    _, expected_tokens = reference_pipeline.run_decoder(
+        reference, hidden, [], 0, merged, lambda step: last + 1 + step, cfg, 8, visual=video_rows,
+        step_logits=expected_steps, apply_rotary=modeling_glm4v.apply_rotary_pos_emb)
+    tokens, steps = greedy_with_step_logits(model, glm_inputs(), 8)
+    torch.testing.assert_close(steps, torch.cat(expected_steps), rtol=1e-4, atol=1e-4)
+    assert tokens == [expected_tokens]
+    report = backend.last_report
+    assert (report.tokens_after_outer, report.tokens_after_inner, report.inner_layer) == (16, 8, 3)
