@@ -1,7 +1,8 @@
 """GLM-4.1V, a model without a layout record that marks video frames with its *image* token: the video's
 placement is found by dataflow (its features come from the ``video`` encoder output), each temporal patch
 is a span of its own (read from the ``[4, B, L]`` positions). Identity, an eager reference built from the
-model's own encoder, ``get_rope_index`` and forward, graph counts."""
+model's own encoder, ``get_rope_index`` and forward (both stages: the loop reference decoder), a padded
+batch, graph counts."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from holitom_fx.ops import feature_saliency, outer_merge, place_by_frame
 from holitom_fx.sweep import build_inputs, build_tiny
 
 from . import reference_pipeline
-
 from .test_backend_llava_onevision import graph_count, greedy_with_first_logits, greedy_with_step_logits
 
 GLM = ("Glm4vForConditionalGeneration", ["glm4v"])
