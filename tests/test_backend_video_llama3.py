@@ -1,7 +1,8 @@
 """VideoLLaMA3, a model without a layout record: 1-D positions, the video encoded before the prefill into one
 flat run of patches, each frame a placeholder span of its own after a timestamp. Only the ids show the
 frames (``passes/frame_grid.span_frame_grid``), re-read at each prefill. Identity, an eager reference built
-from the model's own encoder and forward, another grid with the same token count."""
+from the model's own encoder and forward (both stages: the loop reference decoder), another grid with the
+same token count, a padded batch."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from holitom_fx.archs import GENERIC, layout_for
 from holitom_fx.ops import feature_saliency, outer_merge, place_by_frame
 from holitom_fx.sweep import build_tiny
 
+from . import reference_pipeline
 from .test_backend_llava_onevision import greedy_with_first_logits, greedy_with_step_logits
 
 VIDEO_LLAMA3 = ("VideoLlama3ForConditionalGeneration", ["video_llama_3"])
@@ -47,10 +49,9 @@ def compiled(cfg: HoliTomConfig):
     return model, backend
 
 
-@torch.no_grad()
-def reference_generate(model, inputs, cfg: HoliTomConfig, spans: int, new_tokens: int):
-    """(logits of every step ``[new_tokens, vocab]``, greedy tokens): the outer stage applied by hand on ``spans`` frames, each merged token in
-    its representative's frame span, compact positions, decoding after the merged length."""
+def merged_prompt(model, inputs, cfg: HoliTomConfig, spans: int):
+    """(embeddings after the outer stage applied by hand on ``spans`` frames with the model's own encoder, each
+    merged token in its representative's frame span; the merged video's token indices)."""
     ids = inputs["input_ids"]
     features = torch.cat(model.model.get_video_features(
         pixel_values_videos=inputs["pixel_values_videos"], video_grid_thw=inputs["video_grid_thw"],
@@ -59,7 +60,15 @@ def reference_generate(model, inputs, cfg: HoliTomConfig, spans: int, new_tokens
     embeds = model.get_input_embeddings()(ids).masked_scatter(mask[..., None], features)
     grid = features.reshape(spans, -1, features.shape[-1])
     out = outer_merge(grid, feature_saliency(grid), cfg)
-    hidden, _ = place_by_frame(embeds, mask, out.tokens[None], out.positions[None], spans, grid.shape[1])
+    hidden, source = place_by_frame(embeds, mask, out.tokens[None], out.positions[None], spans, grid.shape[1])
+    return hidden, torch.nonzero(mask.gather(1, source)[0]).flatten().tolist()
+
+
+@torch.no_grad()
+def reference_generate(model, inputs, cfg: HoliTomConfig, spans: int, new_tokens: int):
+    """(logits of every step ``[new_tokens, vocab]``, greedy tokens), outer stage only, through the model's own
+    forward: compact positions, decoding after the merged length."""
+    hidden, _ = merged_prompt(model, inputs, cfg, spans)
     length = hidden.shape[1]
     step = model(inputs_embeds=hidden, position_ids=torch.arange(length)[None],
                  attention_mask=torch.ones(1, length), use_cache=True)
@@ -127,3 +136,22 @@ def test_batch_of_two_with_left_padding_equals_each_row_alone():
         single, _ = compiled(OUTER)
         alone += greedy_with_step_logits(single, inputs, 8)[0]
     assert together == alone
+
+
+@torch.no_grad()
+def test_inner_stage_matches_the_reference_decoder():
+    """Both stages: the inner merge at layer K over the video's tokens across its frame spans."""
+    cfg = HoliTomConfig(retain_ratio=0.5, tau=0.8)
+    model, backend = compiled(cfg)
+    reference = tiny()
+    inputs = video_inputs(model)
+    hidden, video_rows = merged_prompt(reference, inputs, cfg, FRAMES)
+    length, expected_steps = hidden.shape[1], []
+    _, expected_tokens = reference_pipeline.run_decoder(
+        reference, hidden, [], 0, torch.arange(length)[None], lambda step: torch.tensor([[length + step]]), cfg, 8,
+        visual=video_rows, step_logits=expected_steps)
+    tokens, steps = greedy_with_step_logits(model, inputs, 8)
+    torch.testing.assert_close(steps, torch.cat(expected_steps), rtol=1e-4, atol=1e-4)
+    assert tokens == [expected_tokens]
+    report = backend.last_report
+    assert (report.tokens_after_outer, report.tokens_after_inner, report.inner_layer) == (32, 16, 3)
