@@ -23,22 +23,21 @@ def _example(node: fx.Node):
     return node.meta.get("example_value", node.meta.get("val"))
 
 
+def _bind(bindings: dict[sympy.Symbol, int], example, value) -> None:
+    """Bind each bare size symbol of ``example`` (a SymInt, or a tensor's sizes) to its value in ``value``."""
+    pairs = [(example, value)] if isinstance(example, torch.SymInt) else (
+        list(zip(example.shape, value.shape)) if isinstance(example, torch.Tensor) and isinstance(value, torch.Tensor)
+        else [])
+    for size, actual in pairs:
+        if isinstance(size, torch.SymInt) and isinstance(size.node.expr, sympy.Symbol):
+            bindings[size.node.expr] = int(actual)
+
+
 def symbol_bindings(gm: fx.GraphModule, args: list) -> dict[sympy.Symbol, int]:
     """Each free size symbol of the graph's inputs, bound to its value in ``args``."""
-    bindings = {}
-
-    def bind(size, value) -> None:
-        if isinstance(size, torch.SymInt) and isinstance(size.node.expr, sympy.Symbol):
-            bindings[size.node.expr] = int(value)
-
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for node, value in zip(placeholders, args):
-        example = _example(node)
-        if isinstance(example, torch.SymInt):
-            bind(example, value)
-        elif isinstance(example, torch.Tensor) and isinstance(value, torch.Tensor):
-            for size, actual in zip(example.shape, value.shape):
-                bind(size, actual)
+    bindings: dict[sympy.Symbol, int] = {}
+    for node, value in zip([n for n in gm.graph.nodes if n.op == "placeholder"], args):
+        _bind(bindings, _example(node), value)
     return bindings
 
 
@@ -94,23 +93,13 @@ def read_bindings(gm: fx.GraphModule, args: list) -> dict[sympy.Symbol, int]:
     data-dependent sizes (an MoE's routing) stay unbound: a specialization would bake them in."""
     view = DataflowView(gm.graph)
     derived = set().union(*({read} | view.descendants(read) for read in scalar_reads(gm)))
-    bindings = {}
-
-    def bind(size, actual) -> None:
-        if isinstance(size, torch.SymInt) and isinstance(size.node.expr, sympy.Symbol):
-            bindings[size.node.expr] = int(actual)
+    bindings: dict[sympy.Symbol, int] = {}
 
     class Recorder(fx.Interpreter):
         def run_node(self, node):
             result = super().run_node(node)
-            example = _example(node)
-            if node not in derived:
-                return result
-            if isinstance(example, torch.SymInt):
-                bind(example, result)
-            elif isinstance(example, torch.Tensor) and isinstance(result, torch.Tensor):
-                for size, actual in zip(example.shape, result.shape):
-                    bind(size, actual)
+            if node in derived:
+                _bind(bindings, _example(node), result)
             return result
 
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]

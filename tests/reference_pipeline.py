@@ -248,3 +248,20 @@ def run_decoder(model, hidden, starts, span, positions, decode_position, cfg: Ho
         collected.append(model.lm_head(lm.norm(hidden))[:, -1])
         tokens.append(int(collected[-1][0].argmax()))
     return logits, tokens
+
+
+@torch.no_grad()
+def forward_greedy(model, hidden, positions, decode_position, new_tokens: int):
+    """(logits of every step ``[new_tokens, vocab]``, greedy tokens) of the model's own forward on merged
+    embeddings at ``positions``, then on its cache at ``decode_position(step)`` (outer stage only)."""
+    step = model(inputs_embeds=hidden, position_ids=positions, attention_mask=torch.ones(1, hidden.shape[1]),
+                 use_cache=True)
+    steps = [step.logits[:, -1]]
+    tokens = [int(steps[0][0].argmax())]
+    for index in range(new_tokens - 1):
+        step = model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=decode_position(index),
+                     attention_mask=torch.ones(1, hidden.shape[1] + index + 1), past_key_values=step.past_key_values,
+                     use_cache=True)
+        steps.append(step.logits[:, -1])
+        tokens.append(int(steps[-1][0].argmax()))
+    return torch.cat(steps), tokens

@@ -18,7 +18,8 @@ from holitom_fx.ops import feature_saliency, outer_merge, place_by_frame
 from holitom_fx.sweep import build_inputs, build_tiny
 
 from . import reference_pipeline
-from .test_backend_llava_onevision import graph_count, greedy_with_first_logits, greedy_with_step_logits
+from .test_backend_llava_onevision import (assert_batch_equals_each_row_alone, assert_generate_is_unchanged, graph_count,
+                                           greedy_with_step_logits, left_pad)
 
 GLM = ("Glm4vForConditionalGeneration", ["glm4v"])
 IDENTITY = HoliTomConfig(retain_ratio=1.0, tau=1.5, inner_layer="off")
@@ -77,17 +78,7 @@ def reference_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int, renum
     hidden, merged, _, last = merged_prompt(model, inputs, cfg)
     if renumber:
         merged = torch.arange(hidden.shape[1]).expand(3, 1, -1)
-    step = model(inputs_embeds=hidden, position_ids=merged, attention_mask=torch.ones(1, hidden.shape[1]),
-                 use_cache=True)
-    steps = [step.logits[:, -1]]
-    tokens = [int(steps[0][0].argmax())]
-    for index in range(new_tokens - 1):
-        length = hidden.shape[1] + index + 1
-        step = model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=last + 1 + index,
-                     attention_mask=torch.ones(1, length), past_key_values=step.past_key_values, use_cache=True)
-        steps.append(step.logits[:, -1])
-        tokens.append(int(steps[-1][0].argmax()))
-    return torch.cat(steps), tokens
+    return reference_pipeline.forward_greedy(model, hidden, merged, lambda step: last + 1 + step, new_tokens)
 
 
 def test_glm_has_no_record_and_marks_video_with_the_image_token():
@@ -100,11 +91,7 @@ def test_glm_has_no_record_and_marks_video_with_the_image_token():
 @torch.no_grad()
 def test_identity_at_full_retain_without_inner_stage():
     model, backend = compiled(IDENTITY)
-    inputs = inputs_for(model)
-    tokens, logits = greedy_with_first_logits(model, inputs, 8)
-    expected_tokens, expected_logits = greedy_with_first_logits(tiny(), inputs, 8)
-    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)
-    assert tokens == expected_tokens
+    assert_generate_is_unchanged(model, tiny(), inputs_for(model))
     report = backend.last_report
     assert report is not None and report.tokens_in == report.tokens_after_outer == 32 and backend.fallbacks == 0
 
@@ -140,22 +127,11 @@ def test_batch_of_two_with_left_padding_equals_each_row_alone():
                 attention_mask=torch.cat([torch.ones_like(extra), short["attention_mask"]], 1),
                 mm_token_type_ids=torch.cat([torch.zeros_like(extra), short["mm_token_type_ids"]], 1),
                 pixel_values_videos=short["pixel_values_videos"].flip(0))  # another clip
-    pad = extra.shape[1]
-
-    def left_pad(x):
-        return torch.cat([torch.zeros(1, pad, dtype=x.dtype), x], 1)
-
-    batch = {key: torch.cat([left_pad(short[key]), long[key]])
+    batch = {key: torch.cat([left_pad(short[key], extra.shape[1]), long[key]])
              for key in ("input_ids", "attention_mask", "mm_token_type_ids")}
     batch.update({key: torch.cat([short[key], long[key]]) for key in ("pixel_values_videos", "video_grid_thw")})
-    together = model.generate(**batch, max_new_tokens=8, do_sample=False)[:, batch["input_ids"].shape[1]:].tolist()
+    assert_batch_equals_each_row_alone(model, batch, (short, long), lambda: compiled(OUTER)[0])
     assert backend.last_report.batch == 2 and backend.fallbacks == 0
-    alone = []
-    for inputs in (short, long):
-        torch._dynamo.reset()
-        single, _ = compiled(OUTER)
-        alone += greedy_with_step_logits(single, inputs, 8)[0]
-    assert together == alone
 
 
 @torch.no_grad()

@@ -44,6 +44,30 @@ def greedy(model, inputs, new_tokens):
     return out[:, inputs["input_ids"].shape[1]:].tolist()
 
 
+def assert_batch_equals_each_row_alone(model, batch, rows, compile_single, new_tokens=8):
+    """``generate()`` on a left-padded ``batch`` gives each of its ``rows`` (inputs alone) what that row gives
+    alone on a freshly compiled model (``compile_single()``)."""
+    length = batch["input_ids"].shape[1]
+    together = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False)[:, length:].tolist()
+    alone = []
+    for inputs in rows:
+        torch._dynamo.reset()
+        alone += greedy(compile_single(), inputs, new_tokens)
+    assert together == alone
+
+
+def assert_generate_is_unchanged(model, reference, inputs, new_tokens=8):
+    """``generate()`` of ``model`` gives the uncompiled ``reference``'s tokens and first logits, exactly."""
+    tokens, logits = greedy_with_first_logits(model, inputs, new_tokens)
+    expected_tokens, expected_logits = greedy_with_first_logits(reference, inputs, new_tokens)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)
+    assert tokens == expected_tokens
+
+
+def left_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    return torch.cat([torch.zeros(1, pad, dtype=x.dtype), x], 1)
+
+
 def greedy_with_step_logits(model, inputs, new_tokens):
     """(generated tokens, the logits of every step ``[new_tokens, vocab]``) of one batch-1 ``generate()``."""
     out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, output_logits=True,

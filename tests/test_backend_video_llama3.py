@@ -15,7 +15,8 @@ from holitom_fx.ops import feature_saliency, outer_merge, place_by_frame
 from holitom_fx.sweep import build_tiny
 
 from . import reference_pipeline
-from .test_backend_llava_onevision import greedy_with_first_logits, greedy_with_step_logits
+from .test_backend_llava_onevision import (assert_batch_equals_each_row_alone, assert_generate_is_unchanged,
+                                           greedy_with_step_logits, left_pad)
 
 VIDEO_LLAMA3 = ("VideoLlama3ForConditionalGeneration", ["video_llama_3"])
 FRAMES, SIDE, MERGE, PATCH = 4, 8, 2, 16  # 4 frames of 8x8 patches, merged 2x2: 16 tokens per frame
@@ -70,17 +71,8 @@ def reference_generate(model, inputs, cfg: HoliTomConfig, spans: int, new_tokens
     forward: compact positions, decoding after the merged length."""
     hidden, _ = merged_prompt(model, inputs, cfg, spans)
     length = hidden.shape[1]
-    step = model(inputs_embeds=hidden, position_ids=torch.arange(length)[None],
-                 attention_mask=torch.ones(1, length), use_cache=True)
-    steps = [step.logits[:, -1]]
-    tokens = [int(steps[0][0].argmax())]
-    for index in range(new_tokens - 1):
-        step = model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=torch.tensor([[length + index]]),
-                     attention_mask=torch.ones(1, length + index + 1), past_key_values=step.past_key_values,
-                     use_cache=True)
-        steps.append(step.logits[:, -1])
-        tokens.append(int(steps[-1][0].argmax()))
-    return torch.cat(steps), tokens
+    return reference_pipeline.forward_greedy(model, hidden, torch.arange(length)[None],
+                                             lambda step: torch.tensor([[length + step]]), new_tokens)
 
 
 def test_video_llama3_has_no_record():
@@ -90,11 +82,7 @@ def test_video_llama3_has_no_record():
 @torch.no_grad()
 def test_identity_at_full_retain_without_inner_stage():
     model, backend = compiled(IDENTITY)
-    inputs = video_inputs(model)
-    tokens, logits = greedy_with_first_logits(model, inputs, 8)
-    expected_tokens, expected_logits = greedy_with_first_logits(tiny(), inputs, 8)
-    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)
-    assert tokens == expected_tokens
+    assert_generate_is_unchanged(model, tiny(), video_inputs(model))
     report = backend.last_report
     assert report is not None and report.frames == FRAMES and report.tokens_in == report.tokens_after_outer == 64
 
@@ -120,22 +108,11 @@ def test_batch_of_two_with_left_padding_equals_each_row_alone():
     model, backend = compiled(OUTER)
     short, long = video_inputs(model, seed=0), video_inputs(model, before=(1, 2, 3, 4, 5), seed=1)
     pad = long["input_ids"].shape[1] - short["input_ids"].shape[1]
-
-    def left_pad(x):
-        return torch.cat([torch.zeros(1, pad, dtype=x.dtype), x], 1)
-
-    batch = dict(input_ids=torch.cat([left_pad(short["input_ids"]), long["input_ids"]]),
-                 attention_mask=torch.cat([left_pad(short["attention_mask"]), long["attention_mask"]]),
-                 **{key: torch.cat([short[key], long[key]])
-                    for key in ("pixel_values_videos", "video_grid_thw", "video_merge_sizes")})
-    together = model.generate(**batch, max_new_tokens=8, do_sample=False)[:, batch["input_ids"].shape[1]:].tolist()
+    batch = {key: torch.cat([left_pad(short[key], pad), long[key]]) for key in ("input_ids", "attention_mask")}
+    batch.update({key: torch.cat([short[key], long[key]])
+                  for key in ("pixel_values_videos", "video_grid_thw", "video_merge_sizes")})
+    assert_batch_equals_each_row_alone(model, batch, (short, long), lambda: compiled(OUTER)[0])
     assert backend.last_report.batch == 2 and backend.fallbacks == 0
-    alone = []
-    for inputs in (short, long):
-        torch._dynamo.reset()
-        single, _ = compiled(OUTER)
-        alone += greedy_with_step_logits(single, inputs, 8)[0]
-    assert together == alone
 
 
 @torch.no_grad()
