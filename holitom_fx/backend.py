@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
-from passes.context import SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError, tensor_of
+from passes.context import SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError
 from passes.dataflow import DataflowView
 from passes.decode_positions import DERIVED_POSITION_SHIFT, POSITION_SHIFT, decode_position_input, is_cache_input
 from passes.frame_grid import GridError
@@ -362,9 +362,8 @@ class HoliTomBackend:
 
 def _is_prefill(view: DataflowView) -> bool:
     """A graph that runs decoder layers on a fresh prompt (no cache input, more than one new token per row)."""
-    lengths = [tensor_of(ids).shape[-1] for ids in view.token_ids if tensor_of(ids) is not None]
-    return bool(view.layers.decoder) and not any(is_cache_input(n) for n in view.graph.nodes) and not (
-        lengths and all(length == 1 for length in lengths))
+    return bool(view.layers.decoder) and not any(is_cache_input(n) for n in view.graph.nodes) and \
+        not view.one_new_token
 
 
 #: Dynamo settings without which a video LLM's prompt graph splits before the merge can see it:

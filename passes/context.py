@@ -13,6 +13,8 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from holitom_fx.archs import GENERIC, VideoLayout
 from holitom_fx.config import HoliTomConfig
 
+from .frame_grid import rope_frame_grid, span_frame_grid
+
 
 #: Runtime input a merged prefill graph writes its segments into (a backend-owned buffer).
 WINDOW_END = "holitom_window_end"
@@ -41,8 +43,6 @@ class GridCheck:
 
     def read(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> tuple[int, int, int]:
         """The grid of a call's inputs, the way this one was read (``GridError`` when there is none)."""
-        from .frame_grid import rope_frame_grid, span_frame_grid
-
         return span_frame_grid(input_ids, self.token_id) if self.positions is None else rope_frame_grid(
             input_ids, positions, self.token_id)
 

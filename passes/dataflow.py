@@ -18,7 +18,10 @@ import torch.fx as fx
 from .context import is_weight, tensor_of
 from .module_stack import layer_slot
 
-_EMBEDDING_TARGETS = (torch.nn.functional.embedding, torch.embedding, "embedding")
+EMBEDDING_TARGETS = (torch.nn.functional.embedding, torch.embedding, "embedding")
+ROTARY_TARGETS = (torch.cos, torch.sin, "cos", "sin")
+#: Where positions enter a model: rotary tables, or a position-embedding lookup.
+ENCODING_TARGETS = ROTARY_TARGETS + EMBEDDING_TARGETS
 _INDEX_STEPS = 3  # ops allowed between the token ids and their embedding lookup (a clamp, a clone, a view)
 
 
@@ -89,12 +92,25 @@ class DataflowView:
         """Integer graph inputs looked up in an embedding table within a few steps: the prompt's token ids
         (and learned absolute positions, which belong to the language model as well)."""
         found = set()
-        for lookup in (n for n in self.graph.nodes if n.target in _EMBEDDING_TARGETS):
+        for lookup in (n for n in self.graph.nodes if n.target in EMBEDDING_TARGETS):
             indices = lookup.args[0] if lookup.target is torch.nn.functional.embedding else lookup.args[1]
             if isinstance(indices, fx.Node):
                 found |= {n for n in self.nearest_above(indices, _INDEX_STEPS)
                           if n.op == "placeholder" and not is_weight(n) and is_integer(n)}
         return frozenset(found)
+
+    @functools.cached_property
+    def one_new_token(self) -> bool:
+        """Every token-ids input holds one token per row: a decode step."""
+        lengths = [tensor_of(ids).shape[-1] for ids in self.token_ids if tensor_of(ids) is not None]
+        return bool(lengths) and all(length == 1 for length in lengths)
+
+    def encoding_path(self, sources: list[fx.Node]) -> tuple[set[fx.Node], list[fx.Node]]:
+        """(the nodes on the way from ``sources`` (positions made with ``arange``) into a position encoding,
+        sources included; the encodings they reach, in graph order)."""
+        below = set(sources).union(*(self.descendants(s) for s in sources))
+        sinks = sorted((n for n in below if n.target in ENCODING_TARGETS), key=self.order.get)
+        return below & set().union(*(self.ancestors(s) for s in sinks)), sinks
 
     @functools.cached_property
     def layers(self) -> LayerStacks:

@@ -20,7 +20,6 @@ from .context import GraphContext, mark_inserted, tensor_of
 
 POSITION_SHIFT = "holitom_position_shift"
 DERIVED_POSITION_SHIFT = "holitom_derived_position_shift"
-_ENCODINGS = (torch.cos, torch.sin, "cos", "sin", torch.nn.functional.embedding, torch.embedding, "embedding")
 
 
 def is_cache_input(node: fx.Node) -> bool:
@@ -71,15 +70,12 @@ class DecodePositionPass:
         """Positions derived with ``arange`` from the cache length: ``+ shift`` on the path into the position
         encodings only (a copy of that path; masks keep reading the cache's own numbering)."""
         view = self.ctx.view
-        if not view.token_ids or any((tensor_of(ids).shape[-1] if tensor_of(ids) is not None else 0) != 1
-                                     for ids in view.token_ids):
-            return 0  # a decode step reads one new token per row; a prompt starts at 0 wherever it came from
-        sinks = [n for n in graph.nodes if n.target in _ENCODINGS]
-        ranges = [n for n in graph.nodes if n.target is torch.arange and set(sinks) & view.descendants(n)]
-        if not ranges:
+        if not view.one_new_token:
+            return 0  # a prompt starts at 0 wherever it came from
+        ranges = [n for n in graph.nodes if n.target is torch.arange]
+        chain, sinks = view.encoding_path(ranges)
+        if not sinks:
             return 0
-        chain = set(ranges).union(*(view.descendants(r) for r in ranges)) & set().union(
-            *(view.ancestors(s) for s in sinks))
         last = [n for n in graph.nodes if n.op == "placeholder"][-1]
         with graph.inserting_after(last):
             shift = mark_inserted(graph.placeholder(DERIVED_POSITION_SHIFT))

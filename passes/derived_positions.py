@@ -15,16 +15,9 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from holitom_fx.ops import take_original
+from holitom_fx.ops import gather_tokens
 
 from .context import GraphContext, RewriteError, mark_inserted, shape_of
-
-_ROTARY_TARGETS = (torch.cos, torch.sin, "cos", "sin")
-_EMBEDDING_TARGETS = (torch.nn.functional.embedding, torch.embedding, "embedding")
-
-
-def _is_encoding(node: fx.Node) -> bool:
-    return node.target in _ROTARY_TARGETS or node.target in _EMBEDDING_TARGETS
 
 
 class DerivedPositionsPass:
@@ -38,20 +31,16 @@ class DerivedPositionsPass:
         view, old = ctx.view, video.length
         after = [n for n in graph.nodes if view.order[n] > view.order[video.last_inserted]]
         ranges = [n for n in after if n.target is torch.arange and old in n.args and not n.meta.get("holitom")]
-        chain = set(ranges).union(*(view.descendants(r) for r in ranges))
-        sinks = [n for n in chain if _is_encoding(n)]
+        path, sinks = view.encoding_path(ranges)
         if not sinks:
             return 0
-        chain &= set().union(*(view.ancestors(s) for s in sinks))
-        full = [n for n in after if n in chain and not n.meta.get("holitom")]  # copied at full length
+        full = [n for n in after if n in path and not n.meta.get("holitom")]  # copied at full length
         copies: dict[fx.Node, fx.Node] = {}
         for node in full:
             with graph.inserting_after(node):
                 copies[node] = mark_inserted(graph.node_copy(node, lambda a: copies.get(a, a)))
         rewrites = 0
-        for reader in [n for n in after if n in chain or n in sinks]:
-            if reader in copies:
-                continue
+        for reader in [n for n in after if (n in path or n in sinks) and n not in copies]:
             for arg in [a for a in reader.all_input_nodes if a in copies]:
                 shape = shape_of(arg)
                 dims = [d for d, size in enumerate(shape or ()) if size == old]
@@ -60,7 +49,7 @@ class DerivedPositionsPass:
                 if dims[0] == 0 and video.batch != 1:
                     raise RewriteError("positions='original' on positions derived without a batch dim needs batch 1")
                 with graph.inserting_before(reader):
-                    taken = mark_inserted(graph.call_function(take_original, (copies[arg], video.source, dims[0])))
+                    taken = mark_inserted(graph.call_function(gather_tokens, (copies[arg], video.source, tuple(dims))))
                 reader.replace_input_with(arg, taken)
                 rewrites += 1
         ctx.derived_positions = rewrites > 0

@@ -60,12 +60,12 @@ class OuterMergePass:
 
     def __call__(self, graph: fx.Graph) -> int:
         ctx = self.ctx
-        boundary = find_video_boundary(ctx.view, *known_video_ids(ctx))
+        known, explicit = known_video_ids(ctx)
+        boundary = find_video_boundary(ctx.view, known, explicit)
         if boundary is None:
             ctx.notes.append("no video in this call")
             return 0
         scatter, sequence, mask, features = boundary.anchor, boundary.sequence, boundary.mask, boundary.features
-        known, _ = known_video_ids(ctx)
         token_id = next((i for i in boundary.token_ids if i in known), boundary.token_ids[0])
         if any(module_path(n) for n in graph.nodes) and not any(
                 ctx.view.order[n] > ctx.view.order[scatter] for n in ctx.view.layers.decoder):

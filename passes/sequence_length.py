@@ -17,8 +17,8 @@ import torch
 import torch.fx as fx
 
 from .context import GraphContext, RewriteError, is_weight, mark_inserted, shape_of
+from .dataflow import ROTARY_TARGETS
 
-_ROTARY_TARGETS = (torch.cos, torch.sin, "cos", "sin")
 _MAX_TOP_K = 16  # arange(k * L) after the boundary, k <= this, is read as k entries per token
 _SCALAR_COMPARISONS = (operator.eq, operator.ne, operator.ge, operator.gt, operator.le, operator.lt)
 
@@ -143,7 +143,7 @@ class SequenceLengthPass:
                     rotary = mark_inserted(graph.call_function(_gather_positions, (placeholder, video.source)))
             for user in users:
                 replacement = rotary if rotary is not None and any(
-                    n.target in _ROTARY_TARGETS for n in view.descendants(user)) else narrowed
+                    n.target in ROTARY_TARGETS for n in view.descendants(user)) else narrowed
                 original_applied |= replacement is rotary
                 user.replace_input_with(placeholder, replacement)
                 rewrites += 1

@@ -5,7 +5,7 @@ from .outer import OuterMergeResult, exact_budget, outer_merge
 from .saliency import attention_received, feature_saliency, pool_saliency
 from .segmentation import Segmentation, frame_similarity, segment_frames
 from .sequence import (gather_tokens, last_query_attention, last_query_probabilities, place_by_frame, span_mask,
-                       splice_span, take_original)
+                       splice_span)
 
 __all__ = [
     "OuterMergeResult",
@@ -25,5 +25,4 @@ __all__ = [
     "segment_frames",
     "span_mask",
     "splice_span",
-    "take_original",
 ]

@@ -110,19 +110,6 @@ def span_mask(sequence: torch.Tensor, start: int, count: int) -> torch.Tensor:
     return ((index >= start) & (index < start + count)).expand(sequence.shape[0], -1)
 
 
-def take_original(values: torch.Tensor, source: torch.Tensor, dim: int) -> torch.Tensor:
-    """Along the sequence dim ``dim`` of a full-length ``values`` (positions, rotary angles), the value of the
-    original token each merged token stands for: ``source[B, L']``. Dim 0 means no batch dim (batch 1)."""
-    if dim == 0:
-        return values.index_select(0, source[0])
-    values = values.expand(source.shape[0], *values.shape[1:])
-    index_shape = [source.shape[0]] + [1] * (values.dim() - 1)
-    index_shape[dim] = source.shape[1]
-    target = list(values.shape)
-    target[dim] = source.shape[1]
-    return values.gather(dim, source.view(index_shape).expand(target))
-
-
 def last_query_probabilities(probabilities: torch.Tensor) -> torch.Tensor:
     """Head-averaged attention of the last query, ``[B, L_kv]`` fp32, read from a decoder's own softmax
     output ``[B, H, L, L_kv]`` (hand-written attention: ``softmax(q @ k^T * scale + mask) @ v``)."""
@@ -133,7 +120,7 @@ def gather_tokens(x: torch.Tensor, keep: torch.Tensor, dims: tuple[int, ...]) ->
     """Keep tokens ``keep[B, L'']`` along the sequence dims ``dims`` of ``x``.
 
     Used for what layers K.. read besides the hidden state: rotary cos/sin ``[B, L, D]``,
-    masks ``[B, 1, L, L]``. A batch dim of 1 is broadcast to B. Dim 0 is a sequence dim only
+    masks ``[B, 1, L, L]``; and with ``keep = source`` for the original positions of merged tokens. A batch dim of 1 is broadcast to B. Dim 0 is a sequence dim only
     for a tensor without a batch dim (a shared ``[L, L]`` mask), read with batch 1.
     """
     batch, kept = keep.shape
