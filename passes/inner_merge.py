@@ -23,7 +23,8 @@ class InnerMergePass:
     layers K.. read from before layer K that runs along the sequence (rotary cos/sin,
     masks) is gathered with the same kept indices, so kept tokens keep their positions.
     The last query's attention comes from layer K-1's SDPA call (recomputed from its q/k) or,
-    for hand-written attention, from its own softmax over ``[B, H, L, L]`` scores.
+    for hand-written attention, from its own softmax over ``[B, H, L, L]`` scores (in a hybrid model
+    whose layer K-1 is linear attention, from the nearest attention layer below it).
     """
 
     def __init__(self, ctx: GraphContext):
@@ -57,7 +58,12 @@ class InnerMergePass:
         hidden = hidden[0]
 
         with graph.inserting_before(first):
-            attention = mark_inserted(self._last_query_attention(graph, layer - 1, traced_length))
+            attention = self._last_query_attention(graph, layer - 1, traced_length)
+        if attention is None:
+            ctx.notes.append(f"inner stage skipped: no decoder layer below layer {layer} has softmax attention "
+                             "(all linear attention) to rank the tokens by")
+            return 0
+        mark_inserted(attention)
         span = ctx.video.merged_tokens
         with graph.inserting_before(first):
             stage = mark_inserted(graph.call_function(
@@ -89,16 +95,26 @@ class InnerMergePass:
                               outputs=list(replacements.values()))
         return len(replacements)
 
-    def _last_query_attention(self, graph: fx.Graph, layer: int, length: int) -> fx.Node:
-        """A node computing layer ``layer``'s head-averaged attention of the last query, ``[B, L]``."""
-        in_layer = [n for n, index in self.ctx.view.layers.decoder.items() if index == layer]
-        calls = [n for n in in_layer if n.target in SDPA_TARGETS]
-        if len(calls) == 1:
-            query, key, attn_mask, scale = sdpa_inputs(calls[0])
-            return graph.call_function(last_query_attention, (query, key, attn_mask, scale))
-        softmaxes = [n for n in in_layer if n.target in _SOFTMAX_TARGETS and (shape_of(n) or ())[-2:] == (length, length)
-                     and len(shape_of(n)) == 4]
-        if not calls and len(softmaxes) == 1:
-            return graph.call_function(last_query_probabilities, (softmaxes[0],))
-        raise RewriteError(f"decoder layer {layer}: expected one attention (an SDPA call or a softmax over "
-                           f"[B, H, {length}, {length}] scores), found {len(calls)} SDPA and {len(softmaxes)} softmax")
+    def _last_query_attention(self, graph: fx.Graph, layer: int, length: int) -> fx.Node | None:
+        """A node computing the head-averaged attention of the last query, ``[B, L]``: layer ``layer``'s, or,
+        where that layer has no softmax attention (a hybrid model's linear-attention layer), the nearest
+        attention layer below it (noted); None when no layer up to ``layer`` has one."""
+        for source in range(layer, -1, -1):
+            in_layer = [n for n, index in self.ctx.view.layers.decoder.items() if index == source]
+            calls = [n for n in in_layer if n.target in SDPA_TARGETS]
+            softmaxes = [n for n in in_layer if n.target in _SOFTMAX_TARGETS and len(shape_of(n) or ()) == 4
+                         and shape_of(n)[-2:] == (length, length)]
+            if not calls and not softmaxes:
+                continue
+            if source != layer:
+                self.ctx.notes.append(f"decoder layer {layer} has no softmax attention (linear attention): the "
+                                      f"inner stage ranks by layer {source}'s")
+            if len(calls) == 1:
+                query, key, attn_mask, scale = sdpa_inputs(calls[0])
+                return graph.call_function(last_query_attention, (query, key, attn_mask, scale))
+            if not calls and len(softmaxes) == 1:
+                return graph.call_function(last_query_probabilities, (softmaxes[0],))
+            raise RewriteError(f"decoder layer {source}: expected one attention (an SDPA call or a softmax over "
+                               f"[B, H, {length}, {length}] scores), found {len(calls)} SDPA and {len(softmaxes)} "
+                               "softmax")
+        return None

@@ -39,6 +39,16 @@ def _fake_input(fake_mode, node: fx.Node, value):
     return fake_mode.from_tensor(value, static_shapes=True) if isinstance(value, torch.Tensor) else value
 
 
+def _kept_unused(node: fx.Node) -> bool:
+    """Nodes dead-code removal keeps though nothing reads them: FX's impure ones and every in-place call
+    (``copy_`` of a linear-attention layer's recurrent state into its cache, the segments' buffer), which
+    FX does not count as impure when it is a method call."""
+    if node.op in ("placeholder", "output") or node.is_impure():
+        return True
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return node.op in ("call_method", "call_function") and name.endswith("_") and not name.endswith("__")
+
+
 class PassManager:
     """Runs the HoliTom passes on a Dynamo graph in order; returns rewrites per pass."""
 
@@ -57,8 +67,7 @@ class PassManager:
             self.ctx.view = DataflowView(gm.graph, self.ctx.vision_classes)
             counts[type(rewrite).__name__] = rewrite(gm.graph)
         if any(counts.values()):
-            gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output") or n.is_impure()
-                                       or n.meta.get("holitom_side_effect", False))
+            gm.graph.eliminate_dead_code(is_impure_node=_kept_unused)
             try:
                 gm.graph.lint()
             except RuntimeError as err:  # a pass left the graph ill-formed: never compile that

@@ -137,7 +137,6 @@ class OuterMergePass:
         segments_buffer = _add_placeholder(graph, WINDOW_END)
         with graph.inserting_after(previous):
             previous = mark_inserted(graph.call_method("copy_", (segments_buffer, outputs[3])))
-        previous.meta["holitom_side_effect"] = True
         ctx.extra_inputs.append(WINDOW_END)
         ctx.video = VideoSite(
             scatter=scatter, batch=batch, length=length, frames=frames, tokens_per_frame=per_frame,

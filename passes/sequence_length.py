@@ -19,6 +19,7 @@ import torch.fx as fx
 from .context import GraphContext, RewriteError, is_weight, mark_inserted, shape_of
 from .dataflow import ROTARY_TARGETS
 
+_PAD_TARGETS = (torch.nn.functional.pad, torch._C._nn.pad, torch.constant_pad_nd)
 _MAX_TOP_K = 16  # arange(k * L) after the boundary, k <= this, is read as k entries per token
 _SCALAR_COMPARISONS = (operator.eq, operator.ne, operator.ge, operator.gt, operator.le, operator.lt)
 
@@ -48,6 +49,26 @@ def _gather_tokens_of(values: torch.Tensor, source: torch.Tensor) -> torch.Tenso
     """``values[b, source[b, j], ...]``: each token's value of the original token it stands for."""
     index = source.reshape(*source.shape, *[1] * (values.dim() - 2)).expand(*source.shape, *values.shape[2:])
     return values.gather(1, index)
+
+
+def _resized_pad(node: fx.Node, old: int, new: int) -> tuple | None:
+    """New pad amounts of a pad along the sequence, or None to keep them. A pad computed from the
+    sequence length keeps its output length: a right pad to a whole number of chunks (linear attention's
+    chunked scan: the unrolled loop over chunks stays as traced; padded tokens are zeros the model
+    slices off) and a negative pad keeping the last k tokens (a conv state). A positive left pad is
+    context of a fixed size and stays."""
+    shape = shape_of(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+    if shape is None or not isinstance(pad, (tuple, list)):
+        return None
+    original, pad = tuple(pad), list(pad)
+    for pair, dim in enumerate(range(len(shape) - 1, -1, -1)):
+        if shape[dim] != old or 2 * pair + 1 >= len(pad):
+            continue
+        left, right = pad[2 * pair], pad[2 * pair + 1]
+        if left < 0 or (right > 0 and left == 0):
+            pad[2 * pair + (0 if left < 0 else 1)] += old - new
+    return tuple(pad) if tuple(pad) != original else None
 
 
 class SequenceLengthPass:
@@ -114,6 +135,10 @@ class SequenceLengthPass:
                 continue
             new = inner.new_length if node in inner_region else video.new_length
             args, kwargs = _replace_int(node.args, old, new), _replace_int(node.kwargs, old, new)
+            pad = _resized_pad(node, old, new) if node.target in _PAD_TARGETS else None
+            if pad is not None:
+                args = (args[0], pad, *args[2:]) if len(args) > 1 else args
+                kwargs = {**kwargs, "pad": pad} if "pad" in kwargs else kwargs
             if node.target is torch.arange and args == node.args:  # a range over token-expert pairs (MoE top-k)
                 for multiple in range(2, _MAX_TOP_K + 1):
                     args = _replace_int(args, multiple * old, multiple * new)
