@@ -67,6 +67,10 @@ _SHRINK = {
     "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16,
     "max_position_embeddings": 2048, "max_window_layers": TEXT_LAYERS,
 }
+#: Model types whose processor writes each temporal patch of a video in a span of its own (a timestamp or
+#: frame markers between): their prompt is laid out that way first, as a user's would be.
+FRAME_SPAN_PROCESSORS = frozenset({"qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "lfm3_vl", "minimax_m3_vl",
+                                   "video_llama_3"})
 _LAYER_ATTRS = ("num_hidden_layers", "depth", "num_layers", "encoder_layers", "decoder_layers", "n_layers")
 
 
@@ -402,7 +406,8 @@ def build_inputs(model) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, s
 
     The placeholder count comes from the model's ``get_video_features``. Prompt layouts are tried in order
     until the uncompiled model runs: the video token in one span; one span per temporal patch with a text
-    token between (Qwen3-VL's timestamps); the image token instead (GLM-4.1V marks video frames with it).
+    token between (Qwen3-VL's timestamps; first where the model's processor writes that,
+    ``FRAME_SPAN_PROCESSORS``); the image token instead (GLM-4.1V marks video frames with it).
     Returns ``(inputs, eager logits, layout)``.
     """
     config = model.config
@@ -423,6 +428,8 @@ def build_inputs(model) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, s
     layouts = [("one span", token, 1)]
     if groups > 1 and count % groups == 0:
         layouts.append((f"{groups} spans, one per temporal patch", token, groups))
+        if getattr(config, "model_type", None) in FRAME_SPAN_PROCESSORS:
+            layouts.reverse()
     image = _image_token_id(config)
     if image is not None and image != token:
         layouts += [(f"image token{', ' + label if n > 1 else ''}", image, n) for label, _, n in list(layouts)]
