@@ -6,8 +6,9 @@
 For each generative class whose ``forward`` takes ``pixel_values_videos`` (found through transformers'
 auto mappings), the sweep builds a tiny random-weight instance from the class's default config (every
 sub-config shrunk generically: widths, depths, heads, vocabulary; special token ids remapped into the
-small vocabulary), builds a video prompt (pixel values in the layout the vision tower takes, the number
-of video placeholders learned from the model's own ``get_video_features``), compiles it with
+small vocabulary, image/video placeholder ids the default leaves unset filled in), builds a video prompt
+(pixel values in the layout the vision tower takes, the number of video placeholders learned from the
+model's own ``get_video_features``), compiles it with
 ``HoliTomBackend(HoliTomConfig(retain_ratio=0.5, tau=0.8), compiler="eager").bind(model)`` (Dynamo's
 settings are the backend's own: ``backend.DYNAMO_CAPTURE``) and runs a two-token greedy ``generate()``, the path users take.
 Status per class:
@@ -65,7 +66,7 @@ _SHRINK = {
     "num_experts_per_tok": 2, "moe_k": 2, "n_shared_experts": 1, "moe_num_shared_experts": 1, "n_group": 1,
     "topk_group": 1,
     "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16,
-    "max_position_embeddings": 2048, "max_window_layers": TEXT_LAYERS,
+    "max_position_embeddings": 2048, "max_window_layers": TEXT_LAYERS, "vision_hidden_size": TEXT_WIDTH,
 }
 #: Model types whose processor writes each temporal patch of a video in a span of its own (a timestamp or
 #: frame markers between): their prompt is laid out that way first, as a user's would be.
@@ -213,6 +214,8 @@ def _shrink(d: dict, is_vision: bool) -> None:
     for key in ("deepstack_visual_indexes", "intermediate_layers_indices"):
         if isinstance(d.get(key), list):
             d[key] = list(range(min(len(d[key]), VISION_LAYERS)))
+    if _is_int(d.get("insert_layer_id")):  # a vision layer index (MiniCPM-V's window merger), set on the top config too
+        d["insert_layer_id"] = min(d["insert_layer_id"], VISION_LAYERS - 1)
     if isinstance(d.get("fullatt_block_indexes"), list):
         d["fullatt_block_indexes"] = [VISION_LAYERS - 1]
     for key in ("vision_feature_layer",):
@@ -266,12 +269,32 @@ def _remap_tokens(d: dict) -> dict[int, int]:
     return mapping
 
 
+_PLACEHOLDERS = re.compile(r"(image|video)_token_(id|index)")
+
+
+def _fill_placeholders(d: dict) -> None:
+    """Image/video placeholder ids the default config leaves unset (the checkpoint or its tokenizer sets them:
+    MiniCPM-V, Nemotron-Omni) -> free ids at the top of the vocabulary, so the modality's path runs."""
+    used = {v for _, value in _token_keys(d) for v in (value if isinstance(value, list) else [value]) if _is_int(v)}
+    free = (i for i in range(VOCAB - 1, 0, -1) if i not in used)
+    chosen: dict[str, int] = {}  # one id per field name, whichever sub-config names it
+    for path, value in list(_token_keys(d)):
+        if value is None and _PLACEHOLDERS.fullmatch(path[-1]):
+            node = d
+            for key in path[:-1]:
+                node = node[key]
+            if path[-1] not in chosen:
+                chosen[path[-1]] = next(free)
+            node[path[-1]] = chosen[path[-1]]
+
+
 def tiny_config(config_cls):
     """The class's default config, every sub-config shrunk, special token ids inside the vocabulary."""
     default = config_cls()
     d = default.to_dict()
     _shrink(d, is_vision=False)
     _remap_tokens(d)
+    _fill_placeholders(d)
     for key in ("transformers_version", "architectures", "_name_or_path", "auto_map"):
         d.pop(key, None)
     config = config_cls(**d)
@@ -352,12 +375,12 @@ def _features_count(features: Any) -> int:
     raise TypeError(f"get_video_features returned {type(features).__name__}")
 
 
-def _get_video_features(model):
-    """The model's video encoder entry; the inner model's where only it names every input (VideoLLaMA3's
-    ``video_merge_sizes``)."""
+def _get_video_features(model, pixels: dict):
+    """The model's video encoder entry; the inner model's where only it names every pixel input (VideoLLaMA3's
+    ``video_merge_sizes``, MiniCPM-V's ``target_sizes_videos`` behind an outer ``*args, **kwargs``)."""
     found = [fn for owner in (model, getattr(model, "model", None))
              if callable(fn := getattr(owner, "get_video_features", None))]
-    named = [fn for fn in found if "video_merge_sizes" in inspect.signature(fn).parameters]
+    named = [fn for fn in found if set(pixels) <= set(inspect.signature(fn).parameters)]
     return (named or found or [None])[0]
 
 
@@ -377,6 +400,12 @@ def pixel_inputs(model) -> dict[str, torch.Tensor]:
         pixels = torch.randn(FRAMES * side * side, channels * patch * patch, generator=generator)
         return dict(pixel_values_videos=pixels, video_grid_thw=torch.tensor([[FRAMES, side, side]]),
                     video_merge_sizes=torch.tensor([merge]))
+    if "target_sizes_videos" in inspect.signature(model.forward).parameters:
+        # MiniCPM-V: NaViT-packed, the frames' patch rows side by side, a patch grid per frame; two 2x2 merges
+        # (window merger, merger) leave 2x2 tokens a frame
+        side = 8
+        pixels = torch.randn(1, channels, patch, FRAMES * side * side * patch, generator=generator)
+        return dict(pixel_values_videos=pixels, target_sizes_videos=torch.tensor([[side, side]] * FRAMES))
     if _is_int(temporal) and _is_int(merge):  # Qwen-VL style: flattened patches + video_grid_thw
         t, side = max(FRAMES // temporal, 1), 4 * merge
         pixels = torch.randn(t * side * side, channels * temporal * patch * patch, generator=generator)
@@ -390,6 +419,9 @@ def pixel_inputs(model) -> dict[str, torch.Tensor]:
     clip = synthetic_clip(FRAMES, size, SEED)
     if channels != 3:
         clip = clip[:, :1].repeat(1, channels, 1, 1)
+    tubelet = getattr(vc, "video_temporal_patch_size", None)
+    if _is_int(tubelet):  # Nemotron-Omni (RADIO): tubelets of consecutive frames stacked on the channels
+        return dict(pixel_values_videos=clip.reshape(1, FRAMES // tubelet, tubelet * channels, size, size))
     return dict(pixel_values_videos=clip[None])
 
 
@@ -401,13 +433,24 @@ def _image_token_id(config) -> int | None:
     return None
 
 
+def _processor_spans(model, pixels: dict) -> int:
+    """The spans the processor always splits the clip into: one per frame for packed frames (MiniCPM-V wraps
+    each in ``<image>`` markers), one per tubelet (Nemotron-Omni's ``<img>`` chunks); else 1."""
+    if "target_sizes_videos" in pixels:
+        return len(pixels["target_sizes_videos"])
+    if _is_int(getattr(vision_config(model.config), "video_temporal_patch_size", None)):
+        return pixels["pixel_values_videos"].shape[1]
+    return 1
+
+
 def build_inputs(model) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, str]:
     """A prompt ``text + video placeholders + text``, the video's pixel values; the uncompiled model's logits.
 
     The placeholder count comes from the model's ``get_video_features``. Prompt layouts are tried in order
-    until the uncompiled model runs: the video token in one span; one span per temporal patch with a text
-    token between (Qwen3-VL's timestamps; first where the model's processor writes that,
-    ``FRAME_SPAN_PROCESSORS``); the image token instead (GLM-4.1V marks video frames with it).
+    until the uncompiled model runs: one span per frame or tubelet with a text token between, where the
+    processor always splits the clip so (``_processor_spans``); the video token in one span; one span per
+    temporal patch (Qwen3-VL's timestamps; first where the model's processor writes that,
+    ``FRAME_SPAN_PROCESSORS``); the image token instead (GLM-4.1V and Nemotron-Omni mark video frames with it).
     Returns ``(inputs, eager logits, layout)``.
     """
     config = model.config
@@ -415,7 +458,7 @@ def build_inputs(model) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, s
     if token is None:
         raise RuntimeError("the config names no video token id")
     pixels = pixel_inputs(model)
-    fn = _get_video_features(model)
+    fn = _get_video_features(model, pixels)
     if fn is None:
         raise RuntimeError("no get_video_features to count the video's tokens")
     accepted = inspect.signature(fn).parameters
@@ -424,12 +467,15 @@ def build_inputs(model) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, s
     specials = _special_ids(config)
     text = [i for i in range(1, VOCAB) if i not in specials][:9]
     forward = inspect.signature(model.forward).parameters
-    groups = int(pixels["video_grid_thw"][0, 0]) if "video_grid_thw" in pixels else 1
     layouts = [("one span", token, 1)]
+    units = _processor_spans(model, pixels)
+    if units > 1 and count % units == 0:
+        layouts.insert(0, (f"{units} spans, as the processor splits the clip", token, units))
+    groups = int(pixels["video_grid_thw"][0, 0]) if "video_grid_thw" in pixels else 1
     if groups > 1 and count % groups == 0:
-        layouts.append((f"{groups} spans, one per temporal patch", token, groups))
-        if getattr(config, "model_type", None) in FRAME_SPAN_PROCESSORS:
-            layouts.reverse()
+        per_patch = (f"{groups} spans, one per temporal patch", token, groups)
+        layouts.insert(0, per_patch) if getattr(config, "model_type", None) in FRAME_SPAN_PROCESSORS \
+            else layouts.append(per_patch)
     image = _image_token_id(config)
     if image is not None and image != token:
         layouts += [(f"image token{', ' + label if n > 1 else ''}", image, n) for label, _, n in list(layouts)]
