@@ -108,6 +108,8 @@ def test_generate_matches_the_eager_reference_at_representative_positions():
     assert tokens == [expected_tokens]
     report = backend.last_report
     assert (report.frames, report.tokens_in, report.tokens_after_outer) == (2, 32, 16) and backend.fallbacks == 0
+    # no vision-attention saliency without a record naming the tower's layer: the fallback, counted
+    assert report.saliency == "feature norm" and backend.saliency_fallbacks >= 1
 
 
 @torch.no_grad()
