@@ -56,7 +56,8 @@ SEED = 0
 # Generic shrink targets: attribute -> value, set on every (sub-)config that has the attribute as an int.
 _SHRINK = {
     "hidden_size": TEXT_WIDTH, "embed_dim": TEXT_WIDTH, "out_hidden_size": TEXT_WIDTH, "d_model": TEXT_WIDTH,
-    "projection_dim": TEXT_WIDTH, "projector_hidden_size": TEXT_WIDTH, "vision_output_dim": TEXT_WIDTH,
+    "projection_dim": TEXT_WIDTH, "projector_hidden_size": TEXT_WIDTH, "projection_hidden_size": TEXT_WIDTH,
+    "vision_output_dim": TEXT_WIDTH,
     "intermediate_size": 2 * TEXT_WIDTH, "encoder_ffn_dim": 2 * TEXT_WIDTH, "decoder_ffn_dim": 2 * TEXT_WIDTH,
     "num_attention_heads": 4, "num_heads": 4, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
     "num_key_value_heads": 2, "head_dim": 16, "kv_lora_rank": 16, "q_lora_rank": 16, "qk_rope_head_dim": 8,
@@ -71,7 +72,11 @@ _SHRINK = {
 #: Model types whose processor writes each temporal patch of a video in a span of its own (a timestamp or
 #: frame markers between): their prompt is laid out that way first, as a user's would be.
 FRAME_SPAN_PROCESSORS = frozenset({"qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "lfm3_vl", "minimax_m3_vl",
-                                   "video_llama_3"})
+                                   "video_llama_3", "gemma4", "gemma4_unified"})
+#: M-RoPE section (head_dim 128) the modeling code assumes when the config names none: Qwen's [t, h, w], or by
+#: text model type; Ernie 4.5 VL interleaves h and w, so its first two sections must stay equal.
+_QWEN_MROPE = [16, 24, 24]
+_MROPE_DEFAULTS = {"ernie4_5_vl_moe_text": [22, 22, 20]}
 _LAYER_ATTRS = ("num_hidden_layers", "depth", "num_layers", "encoder_layers", "decoder_layers", "n_layers")
 
 
@@ -165,6 +170,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _scaled_section(section: list[int], head_dim: int) -> list[int]:
+    """An M-RoPE section in the same proportions, summing to ``head_dim // 2``."""
+    half = head_dim // 2
+    scaled = [max(1, (s * half) // sum(section)) for s in section]
+    scaled[-1] += half - sum(scaled)
+    return scaled
+
+
 def _shrink_rope(d: dict, head_dim: int) -> None:
     for key in ("rope_parameters", "rope_scaling"):
         rope = d.get(key)
@@ -174,23 +187,38 @@ def _shrink_rope(d: dict, head_dim: int) -> None:
         for params in targets:
             section = params.get("mrope_section")
             if isinstance(section, list) and section and all(_is_int(s) for s in section):
-                half = head_dim // 2
-                scaled = [max(1, (s * half) // sum(section)) for s in section]
-                scaled[-1] += half - sum(scaled)
-                params["mrope_section"] = scaled
+                params["mrope_section"] = _scaled_section(section, head_dim)
             if _is_int(params.get("original_max_position_embeddings")):
                 params["original_max_position_embeddings"] = min(params["original_max_position_embeddings"], 2048)
+
+
+def _merged_patch_widths(d: dict) -> dict[str, int]:
+    """Widths of ``d`` that are its vision tower's width x merge**2 (features of merge x merge patches
+    concatenated: MuseGlimmer's ``out_hidden_size``), with that factor: they must stay so when shrunk."""
+    vision = d.get("vision_config")
+    if not isinstance(vision, dict) or not _is_int(width := vision.get("hidden_size")):
+        return {}
+    merge = vision.get("spatial_merge_size") or vision.get("merge_size")
+    if not _is_int(merge) or merge < 2:
+        return {}
+    return {key: merge**2 for key in _SHRINK if d.get(key) == width * merge**2}
 
 
 def _shrink(d: dict, is_vision: bool) -> None:
     """Shrink one config dict in place (and its nested config dicts)."""
     layers = VISION_LAYERS if is_vision else TEXT_LAYERS
+    merged = _merged_patch_widths(d)
     for key, value in list(d.items()):
         if isinstance(key, str) and isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
             _shrink(value, is_vision=is_vision or "vision" in key or "visual" in key or "patch_size" in value)
+    rope_head = _is_int(d.get("head_dim")) and d["head_dim"] == d.get("qk_rope_head_dim")  # MLA (DeepSeek-V3)
     for key, value in _SHRINK.items():
         if _is_int(d.get(key)):
             d[key] = value
+    if rope_head:  # the config derives head_dim from the rotary part; the dumped value would override it
+        d["head_dim"] = d["qk_rope_head_dim"]
+    for key, factor in merged.items():
+        d[key] = d["vision_config"]["hidden_size"] * factor
     for key in list(d):
         if isinstance(key, str) and key.startswith("vocab_size") and _is_int(d[key]) and d[key] > VOCAB:
             d[key] = VOCAB
@@ -288,10 +316,20 @@ def _fill_placeholders(d: dict) -> None:
             node[path[-1]] = chosen[path[-1]]
 
 
+def _add_vision_config(config_cls, d: dict) -> None:
+    """Default an optional vision sub-config that the class's default leaves out (Gemma 4: text only)."""
+    from transformers import PretrainedConfig
+
+    for key, sub_cls in (getattr(config_cls, "sub_configs", None) or {}).items():
+        if d.get(key) is None and ("vision" in key or "video" in key) and issubclass(sub_cls, PretrainedConfig):
+            d[key] = sub_cls().to_dict()
+
+
 def tiny_config(config_cls):
     """The class's default config, every sub-config shrunk, special token ids inside the vocabulary."""
     default = config_cls()
     d = default.to_dict()
+    _add_vision_config(config_cls, d)
     _shrink(d, is_vision=False)
     _remap_tokens(d)
     _fill_placeholders(d)
@@ -303,7 +341,7 @@ def tiny_config(config_cls):
         if "mrope_section" in getattr(type(sub), "ignore_keys_at_rope_validation", ()) and isinstance(rope, dict) \
                 and "mrope_section" not in rope:
             head_dim = getattr(sub, "head_dim", None) or sub.hidden_size // sub.num_attention_heads
-            rope["mrope_section"] = [head_dim // 8, 3 * head_dim // 16, head_dim // 2 - head_dim // 8 - 3 * head_dim // 16]
+            rope["mrope_section"] = _scaled_section(_MROPE_DEFAULTS.get(sub.model_type, _QWEN_MROPE), head_dim)
     for attr in ("_attn_implementation",):
         with contextlib.suppress(Exception):
             setattr(config, attr, "sdpa")
@@ -384,32 +422,65 @@ def _get_video_features(model, pixels: dict):
     return (named or found or [None])[0]
 
 
-def pixel_inputs(model) -> dict[str, torch.Tensor]:
-    """``pixel_values_videos`` (and the grid the forward needs) for a ``FRAMES``-frame clip."""
+def _first_int(vc, attrs: tuple[str, ...]) -> int | None:
+    """The first of ``attrs`` that ``vc`` sets to an int (of a per-axis pair, the first entry)."""
+    for attr in attrs:
+        value = getattr(vc, attr, None)
+        value = value[0] if isinstance(value, (list, tuple)) and value else value
+        if _is_int(value):
+            return value
+    return None
+
+
+def _positioned_patches(frames: int, side: int, edge: int, channels: int, generator) -> dict[str, torch.Tensor]:
+    """Gemma 4 style: each frame a sequence of ``edge``-pixel patches, their ``(x, y)`` on the patch grid."""
+    n = side // edge
+    xy = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(n), indexing="xy"), dim=-1).reshape(n * n, 2)
+    return dict(pixel_values_videos=torch.randn(frames, n * n, channels * edge * edge, generator=generator),
+                video_position_ids=xy.repeat(frames, 1, 1), num_frames_per_video=torch.tensor([frames]))
+
+
+def pixel_layouts(model) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """Candidate ``pixel_values_videos`` (and the grid or positions the forward needs) for a ``FRAMES``-frame
+    clip, likeliest first: the config does not name every layout detail, so ``build_inputs`` keeps the first
+    the model's own video encoder accepts."""
     vc = vision_config(model.config)
     if vc is None:
         raise RuntimeError("no vision sub-config with a patch size")
     patch = vc.patch_size
     channels = getattr(vc, "in_channels", None) or getattr(vc, "num_channels", None) or 3
-    temporal = getattr(vc, "temporal_patch_size", None)
-    merge = getattr(vc, "spatial_merge_size", None) or getattr(vc, "merge_size", None)
+    declared = _first_int(vc, ("temporal_patch_size", "patch_temporal"))
+    temporal = declared or 1
+    merge = _first_int(vc, ("spatial_merge_size", "merge_size", "merge_kernel_size", "pooling_kernel_size"))
+    forward = inspect.signature(model.forward).parameters
     generator = torch.Generator().manual_seed(SEED)
-    if "video_merge_sizes" in inspect.signature(model.forward).parameters:
+    if "video_merge_sizes" in forward:
         # VideoLLaMA3: one frame per temporal step, flat patches, the merge size an input (processor default 2)
         side, merge = 8, 2
         pixels = torch.randn(FRAMES * side * side, channels * patch * patch, generator=generator)
-        return dict(pixel_values_videos=pixels, video_grid_thw=torch.tensor([[FRAMES, side, side]]),
-                    video_merge_sizes=torch.tensor([merge]))
-    if "target_sizes_videos" in inspect.signature(model.forward).parameters:
+        grid = torch.tensor([[FRAMES, side, side]])
+        return [("flat patches", dict(pixel_values_videos=pixels, video_grid_thw=grid,
+                                      video_merge_sizes=torch.tensor([merge])))]
+    if "target_sizes_videos" in forward:
         # MiniCPM-V: NaViT-packed, the frames' patch rows side by side, a patch grid per frame; two 2x2 merges
         # (window merger, merger) leave 2x2 tokens a frame
         side = 8
         pixels = torch.randn(1, channels, patch, FRAMES * side * side * patch, generator=generator)
-        return dict(pixel_values_videos=pixels, target_sizes_videos=torch.tensor([[side, side]] * FRAMES))
-    if _is_int(temporal) and _is_int(merge):  # Qwen-VL style: flattened patches + video_grid_thw
+        return [("packed frames", dict(pixel_values_videos=pixels,
+                                       target_sizes_videos=torch.tensor([[side, side]] * FRAMES)))]
+    if merge and (declared or "video_grid_thw" in forward):  # Qwen-VL style: patches in rows + video_grid_thw
         t, side = max(FRAMES // temporal, 1), 4 * merge
         pixels = torch.randn(t * side * side, channels * temporal * patch * patch, generator=generator)
-        return dict(pixel_values_videos=pixels, video_grid_thw=torch.tensor([[t, side, side]]))
+        grid = torch.tensor([[t, side, side]])
+        layouts = [("flat patches", dict(pixel_values_videos=pixels, video_grid_thw=grid))]
+        if temporal == 1:  # Kimi-K2.5: each row a [C, p, p] image for a Conv2d
+            layouts.append(("patch images", dict(pixel_values_videos=pixels.view(-1, channels, patch, patch),
+                                                 video_grid_thw=grid)))
+        return layouts
+    if "video_position_ids" in forward:  # patches of the tower's size, or pre-merged to the pooling kernel's
+        k = merge or 1
+        return [(f"{edge}-pixel patches", _positioned_patches(FRAMES, 4 * k * patch, edge, channels, generator))
+                for edge in dict.fromkeys((patch, k * patch))]
     size = getattr(vc, "image_size", None)
     size = size[0] if isinstance(size, (list, tuple)) else size
     if not _is_int(size):
@@ -421,8 +492,30 @@ def pixel_inputs(model) -> dict[str, torch.Tensor]:
         clip = clip[:, :1].repeat(1, channels, 1, 1)
     tubelet = getattr(vc, "video_temporal_patch_size", None)
     if _is_int(tubelet):  # Nemotron-Omni (RADIO): tubelets of consecutive frames stacked on the channels
-        return dict(pixel_values_videos=clip.reshape(1, FRAMES // tubelet, tubelet * channels, size, size))
-    return dict(pixel_values_videos=clip[None])
+        return [("tubelets", dict(pixel_values_videos=clip.reshape(1, FRAMES // tubelet, tubelet * channels, size,
+                                                                     size)))]
+    return [("clip", dict(pixel_values_videos=clip[None]))]
+
+
+def _video_features_count(model, layouts) -> tuple[dict[str, torch.Tensor], int]:
+    """The first pixel layout the model's ``get_video_features`` runs on, and how many features it gives."""
+    errors = []
+    for label, pixels in layouts:
+        fn = _get_video_features(model, pixels)
+        if fn is None:
+            raise RuntimeError("no get_video_features to count the video's tokens")
+        accepted = inspect.signature(fn).parameters
+        try:
+            with torch.no_grad():
+                return pixels, _features_count(fn(**{k: v for k, v in pixels.items()
+                                                      if k in accepted or k == "pixel_values_videos"}))
+        except _Timeout:
+            raise
+        except Exception as err:  # noqa: BLE001 - next layout
+            if len(layouts) == 1:
+                raise
+            errors.append(f"{label}: {_first_line(err)}")
+    raise RuntimeError("no pixel layout ran the video encoder: " + " / ".join(errors))
 
 
 def _image_token_id(config) -> int | None:
@@ -435,35 +528,33 @@ def _image_token_id(config) -> int | None:
 
 def _processor_spans(model, pixels: dict) -> int:
     """The spans the processor always splits the clip into: one per frame for packed frames (MiniCPM-V wraps
-    each in ``<image>`` markers), one per tubelet (Nemotron-Omni's ``<img>`` chunks); else 1."""
+    each in ``<image>`` markers) and positioned patches (Gemma 4), one per tubelet (Nemotron-Omni's ``<img>``
+    chunks); else 1."""
     if "target_sizes_videos" in pixels:
         return len(pixels["target_sizes_videos"])
     if _is_int(getattr(vision_config(model.config), "video_temporal_patch_size", None)):
         return pixels["pixel_values_videos"].shape[1]
+    if "num_frames_per_video" in pixels and getattr(model.config, "model_type", None) in FRAME_SPAN_PROCESSORS:
+        return int(pixels["num_frames_per_video"].sum())  # Gemma 4: a timestamp and markers per frame
     return 1
 
 
 def build_inputs(model) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, str]:
     """A prompt ``text + video placeholders + text``, the video's pixel values; the uncompiled model's logits.
 
-    The placeholder count comes from the model's ``get_video_features``. Prompt layouts are tried in order
-    until the uncompiled model runs: one span per frame or tubelet with a text token between, where the
-    processor always splits the clip so (``_processor_spans``); the video token in one span; one span per
-    temporal patch (Qwen3-VL's timestamps; first where the model's processor writes that,
-    ``FRAME_SPAN_PROCESSORS``); the image token instead (GLM-4.1V and Nemotron-Omni mark video frames with it).
+    The pixel layout is the first candidate the model's ``get_video_features`` runs on, the placeholder count
+    what it returns. Prompt layouts are tried in order until the uncompiled model runs: one span per frame or
+    tubelet with a text token between, where the processor always splits the clip so (``_processor_spans``);
+    the video token in one span; one span per temporal patch (Qwen3-VL's timestamps; first where the model's
+    processor writes that, ``FRAME_SPAN_PROCESSORS``); the image token instead (GLM-4.1V and Nemotron-Omni mark
+    video frames with it).
     Returns ``(inputs, eager logits, layout)``.
     """
     config = model.config
     token = video_token_id(config)
     if token is None:
         raise RuntimeError("the config names no video token id")
-    pixels = pixel_inputs(model)
-    fn = _get_video_features(model, pixels)
-    if fn is None:
-        raise RuntimeError("no get_video_features to count the video's tokens")
-    accepted = inspect.signature(fn).parameters
-    with torch.no_grad():
-        count = _features_count(fn(**{k: v for k, v in pixels.items() if k in accepted or k == "pixel_values_videos"}))
+    pixels, count = _video_features_count(model, pixel_layouts(model))
     specials = _special_ids(config)
     text = [i for i in range(1, VOCAB) if i not in specials][:9]
     forward = inspect.signature(model.forward).parameters

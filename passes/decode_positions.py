@@ -30,6 +30,15 @@ def is_cache_input(node: fx.Node) -> bool:
         value is not None and value.is_floating_point() and value.dim() == 4
 
 
+def is_sliding_window_cache_input(node: fx.Node) -> bool:
+    """A cache layer's sliding-window size, lifted as an integer scalar input (transformers'
+    ``DynamicSlidingWindowLayer``). Such a layer counts its tokens in a Python int that Dynamo replays at the
+    traced length, which the graph cannot change."""
+    value = tensor_of(node)
+    return node.op == "placeholder" and "cache" in node.name.lower() and "sliding_window" in node.name and \
+        value is not None and value.dim() == 0 and not value.is_floating_point()
+
+
 def _is_position_input(node: fx.Node) -> bool:
     return node.op == "placeholder" and "position_ids" in node.target
 

@@ -47,6 +47,11 @@ class InnerMergePass:
             # mask from layer 0's cache length, which cannot mask a padded batch's shorter caches.
             ctx.notes.append("inner stage skipped: batch > 1 (per-layer cache lengths break padded decoding)")
             return 0
+        shared = self._reads_keys_from_below(layer)
+        if shared is not None:
+            ctx.notes.append(f"inner stage skipped: decoder layer {shared} reads the keys and values of a layer "
+                             f"below {layer} (shared KV cache), whose cache keeps every token")
+            return 0
         order = ctx.view.order
         first = next(n for n in graph.nodes if layer_of.get(n) == layer)
         inputs = {a for n in graph.nodes if layer_of.get(n) == layer for a in n.all_input_nodes
@@ -94,6 +99,18 @@ class InnerMergePass:
                               new_length=length - ctx.video.videos * (span - kept_visual),
                               outputs=list(replacements.values()))
         return len(replacements)
+
+    def _reads_keys_from_below(self, layer: int) -> int | None:
+        """A decoder layer from ``layer`` on whose attention reads keys made in a layer below it (Gemma 3n/4's
+        KV sharing), or None. Shortening such a layer's queries alone would leave its cache, and the decode
+        mask built from it, at another length than the layer it reads."""
+        layer_of = self.ctx.view.layers.decoder
+        for node, index in layer_of.items():
+            if index >= layer and node.target in SDPA_TARGETS:
+                made_in = layer_of.get(sdpa_inputs(node)[1])
+                if made_in is not None and made_in < layer:
+                    return index
+        return None
 
     def _last_query_attention(self, graph: fx.Graph, layer: int, length: int) -> fx.Node | None:
         """A node computing the head-averaged attention of the last query, ``[B, L]``: layer ``layer``'s, or,

@@ -17,6 +17,7 @@ from .context import (SALIENCY, SALIENCY_VALID, WINDOW_END, GridCheck, GraphCont
                       is_weight, mark_inserted, shape_of)
 from .frame_grid import GridError, rope_frame_grid, span_frame_grid
 from .dataflow import DataflowView, is_integer
+from .decode_positions import is_sliding_window_cache_input
 from .module_stack import module_path
 
 def known_video_ids(ctx: GraphContext) -> tuple[tuple[int, ...], bool]:
@@ -75,6 +76,10 @@ class OuterMergePass:
                              "the boundary); for Qwen3-VL set torch._dynamo.config.capture_dynamic_output_shape_ops"
                              "=True (a HoliTom backend sets it when created)")
             return 0
+        if any(is_sliding_window_cache_input(n) for n in graph.find_nodes(op="placeholder")):
+            raise RewriteError("the cache's sliding-window layers count their tokens in Python (cumulative_length), "
+                               "which Dynamo replays at the traced length: decoding after a merged prefill would "
+                               "mask the wrong keys")
         if shape_of(sequence) is None or len(shape_of(sequence)) != 3 or shape_of(features) is None:
             raise RewriteError(f"the sequence at {scatter.name} is not [B, L, E] with static shapes")
         if mask is None:  # concatenated in: the features' span is the mask
@@ -239,8 +244,8 @@ class OuterMergePass:
                     and shape[0] > batch and (shape[0] // batch) * shape[1] <= span:
                 frames = shape[0] // batch
                 return frames, shape[1], span - frames * shape[1]
-        raise RewriteError("no layout record for this model and no per-frame features [B*T, N, E] above the "
-                           f"video boundary to read the frame grid from (span of {span} tokens)")
+        raise RewriteError(f"the frames of the video span ({span} tokens) are not in this graph: no layout record, "
+                           "no per-frame features [B*T, N, E] above the boundary, no 3-D rotary positions")
 
     def _saliency(self, graph: fx.Graph, features: fx.Node, shape: tuple[int, int]) -> tuple[fx.Node, ...]:
         """Arguments ranking the dynamic tokens: the in-graph vision saliency of the encoder call that

@@ -115,6 +115,27 @@ class SequenceLengthPass:
             rewrites += 1
         return rewrites
 
+    @staticmethod
+    def _gather_read_after(graph: fx.Graph, before: list[fx.Node], after: set[fx.Node], old: int, video) -> int:
+        """A ``[B, L, ...]`` tensor made before the boundary and read after it (Gemma 4's per-layer inputs,
+        looked up from the token ids): its readers after the boundary take each token's value of the original
+        token it stands for (``source``)."""
+        rewrites = 0
+        for node in before:
+            shape = shape_of(node)
+            if node.op == "placeholder" or node.meta.get("holitom") or is_weight(node) or node is video.scatter \
+                    or shape is None or len(shape) < 2 or shape[:2] != (video.batch, old):
+                continue
+            readers = [u for u in node.users if u in after and not u.meta.get("holitom") and u.op != "output"]
+            if not readers:
+                continue
+            with graph.inserting_after(video.last_inserted):
+                gathered = mark_inserted(graph.call_function(_gather_tokens_of, (node, video.source)))
+            for reader in readers:
+                reader.replace_input_with(node, gathered)
+            rewrites += 1
+        return rewrites
+
     def __call__(self, graph: fx.Graph) -> int:
         video = self.ctx.video
         if video is None:
@@ -172,6 +193,7 @@ class SequenceLengthPass:
                 original_applied |= replacement is rotary
                 user.replace_input_with(placeholder, replacement)
                 rewrites += 1
+        rewrites += self._gather_read_after(graph, nodes[:nodes.index(video.last_inserted)], after_set, old, video)
         rewrites += self._gather_unchanged(graph, after, resized, old, video)
         rewrites += self._resize_visual_count_checks(after, video)
         if self.ctx.positions == "original" and not original_applied and not self.ctx.derived_positions:
