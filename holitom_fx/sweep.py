@@ -67,6 +67,9 @@ _SHRINK = {
     "num_experts_per_tok": 2, "moe_k": 2, "n_shared_experts": 1, "moe_num_shared_experts": 1, "n_group": 1,
     "topk_group": 1,
     "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16,
+    "linear_num_heads": 4, "linear_head_dim": 16, "moe_hidden_size": TEXT_WIDTH,
+    "shared_experts_intermediate_size": TEXT_WIDTH,
+    "adapter_in_dim": TEXT_WIDTH, "adapter_input_size": TEXT_WIDTH, "adapter_out_dim": TEXT_WIDTH,
     "max_position_embeddings": 2048, "max_window_layers": TEXT_LAYERS, "vision_hidden_size": TEXT_WIDTH,
 }
 #: Model types whose processor writes each temporal patch of a video in a span of its own (a timestamp or
@@ -77,6 +80,9 @@ FRAME_SPAN_PROCESSORS = frozenset({"qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3
 #: text model type; Ernie 4.5 VL interleaves h and w, so its first two sections must stay equal.
 _QWEN_MROPE = [16, 24, 24]
 _MROPE_DEFAULTS = {"ernie4_5_vl_moe_text": [22, 22, 20]}
+#: ``(a, b)``: a default where ``a == b`` keeps them equal tiny (MHA stays MHA, validated by some configs;
+#: MLA configs whose ``head_dim`` names the rotary slice).
+_TIED = (("num_key_value_heads", "num_attention_heads"), ("head_dim", "qk_rope_head_dim"))
 _LAYER_ATTRS = ("num_hidden_layers", "depth", "num_layers", "encoder_layers", "decoder_layers", "n_layers")
 
 
@@ -204,41 +210,78 @@ def _merged_patch_widths(d: dict) -> dict[str, int]:
     return {key: merge**2 for key in _SHRINK if d.get(key) == width * merge**2}
 
 
+def _shrink_widths(d: dict) -> None:
+    """``_SHRINK`` on one config (or per-layer override) dict; never above the default: a 0 is a feature the
+    default leaves off (NoPE's ``qk_rope_head_dim``)."""
+    tied = [(a, b) for a, b in _TIED if _is_int(d.get(a)) and d[a] == d.get(b)]
+    for key, value in _SHRINK.items():
+        if _is_int(d.get(key)):
+            d[key] = min(d[key], value)
+    for a, b in tied:
+        d[a] = d[b]
+    sizes = d.get("hidden_sizes")  # staged widths (conv pyramids): the ratios kept, the widest TEXT_WIDTH
+    if isinstance(sizes, list) and sizes and all(_is_int(v) and v > 0 for v in sizes) and max(sizes) > TEXT_WIDTH:
+        d["hidden_sizes"] = [max(1, v * TEXT_WIDTH // max(sizes)) for v in sizes]
+
+
+def _layer_picks(d: dict, depth: int, layers: int) -> list[int]:
+    """The default's layer each tiny layer copies: evenly spaced, the last a full-attention layer where the
+    spacing drops every one."""
+    picks = [i * depth // layers for i in range(layers)]
+    types = d.get("layer_types")
+    full = [i for i, t in enumerate(types) if t == "full_attention"] if isinstance(types, list) else []
+    if full and not set(full) & set(picks):
+        picks[-1] = full[-1]
+    return picks
+
+
+def _shrink_layers(d: dict, layers: int) -> None:
+    """Depth, and what is given per layer (``*layer_types``, ``per_layer_config``) for the layers picked."""
+    depth = next((d[key] for key in _LAYER_ATTRS if _is_int(d.get(key)) and d[key] > 0), None)
+    for key in _LAYER_ATTRS:
+        if _is_int(d.get(key)) and d[key] > 0:
+            d[key] = layers
+    if depth is None:
+        return
+    picks = _layer_picks(d, depth, layers)
+    for key in [k for k in d if isinstance(k, str) and k.endswith("layer_types") and isinstance(d[k], list)]:
+        if len(d[key]) == depth:
+            d[key] = [d[key][i] for i in picks]
+    per_layer = d.get("per_layer_config")
+    if isinstance(per_layer, dict) and per_layer:  # overrides keyed by the default's layer index
+        overrides = {int(k): v for k, v in per_layer.items()}
+        d["per_layer_config"] = {i: overrides[src] for i, src in enumerate(picks) if src in overrides}
+        for override in d["per_layer_config"].values():
+            _shrink_widths(override)
+
+
+def _default_rope(d: dict) -> None:
+    """A default with layer types and an empty per-layer-type ``rope_parameters`` (the modeling code reads one
+    entry per type): the library's default RoPE for each type."""
+    if d.get("rope_parameters") == {} and isinstance(d.get("layer_types"), list):
+        d["rope_parameters"] = {t: {"rope_type": "default", "rope_theta": 10000.0} for t in dict.fromkeys(d["layer_types"])}
+
+
 def _shrink(d: dict, is_vision: bool) -> None:
     """Shrink one config dict in place (and its nested config dicts)."""
     layers = VISION_LAYERS if is_vision else TEXT_LAYERS
     merged = _merged_patch_widths(d)
     for key, value in list(d.items()):
-        if isinstance(key, str) and isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
+        if isinstance(key, str) and isinstance(value, dict) and ("model_type" in value or key.endswith("_config")) \
+                and key != "per_layer_config":
             _shrink(value, is_vision=is_vision or "vision" in key or "visual" in key or "patch_size" in value)
-    rope_head = _is_int(d.get("head_dim")) and d["head_dim"] == d.get("qk_rope_head_dim")  # MLA (DeepSeek-V3)
-    for key, value in _SHRINK.items():
-        if _is_int(d.get(key)):
-            d[key] = value
-    if rope_head:  # the config derives head_dim from the rotary part; the dumped value would override it
-        d["head_dim"] = d["qk_rope_head_dim"]
+    _shrink_widths(d)
     for key, factor in merged.items():
         d[key] = d["vision_config"]["hidden_size"] * factor
     for key in list(d):
         if isinstance(key, str) and key.startswith("vocab_size") and _is_int(d[key]) and d[key] > VOCAB:
             d[key] = VOCAB
-    for key in _LAYER_ATTRS:
-        if _is_int(d.get(key)) and d[key] > 0:
-            d[key] = layers
+    _shrink_layers(d, layers)
+    _default_rope(d)
     if _is_int(d.get("patch_size")) and _is_int(d.get("image_size")):
         d["image_size"] = 4 * d["patch_size"]
     if isinstance(d.get("image_size"), (list, tuple)) and _is_int(d.get("patch_size")):
         d["image_size"] = [4 * d["patch_size"]] * len(d["image_size"])
-    for key in [k for k in d if isinstance(k, str) and k.endswith("layer_types") and isinstance(d[k], list)]:
-        types = d[key]
-        pick = [types[i * len(types) // layers] for i in range(layers)] if types else types
-        if "full_attention" in types and "full_attention" not in pick:
-            pick[-1] = "full_attention"
-        d[key] = pick
-    per_layer = d.get("per_layer_config")
-    if isinstance(per_layer, dict) and per_layer:  # keyed by layer index: the first entries on the tiny depth
-        items = sorted(per_layer.items(), key=lambda kv: int(kv[0]))
-        d["per_layer_config"] = {i: v for i, (_, v) in enumerate(items[:layers])}
     for key in ("deepstack_visual_indexes", "intermediate_layers_indices"):
         if isinstance(d.get(key), list):
             d[key] = list(range(min(len(d[key]), VISION_LAYERS)))
@@ -338,13 +381,12 @@ def tiny_config(config_cls):
     config = config_cls(**d)
     for sub in _sub_configs(config):  # M-RoPE whose section is the modeling code's default, sized for head_dim 128
         rope = getattr(sub, "rope_parameters", None)
-        if "mrope_section" in getattr(type(sub), "ignore_keys_at_rope_validation", ()) and isinstance(rope, dict) \
-                and "mrope_section" not in rope:
-            head_dim = getattr(sub, "head_dim", None) or sub.hidden_size // sub.num_attention_heads
-            rope["mrope_section"] = _scaled_section(_MROPE_DEFAULTS.get(sub.model_type, _QWEN_MROPE), head_dim)
-    for attr in ("_attn_implementation",):
-        with contextlib.suppress(Exception):
-            setattr(config, attr, "sdpa")
+        if "mrope_section" not in getattr(type(sub), "ignore_keys_at_rope_validation", ()) or not isinstance(rope, dict):
+            continue
+        head_dim = getattr(sub, "head_dim", None) or sub.hidden_size // sub.num_attention_heads
+        for params in [v for v in rope.values() if isinstance(v, dict)] or [rope]:  # per layer type, or one
+            params.setdefault("mrope_section", _scaled_section(_MROPE_DEFAULTS.get(sub.model_type, _QWEN_MROPE),
+                                                               head_dim))
     return config
 
 
@@ -353,6 +395,9 @@ def build_tiny(name: str, model_types: list[str]):
 
     cls = getattr(transformers, name)
     config = tiny_config(config_class(name, model_types))
+    if getattr(cls, "_supports_sdpa", False):  # else transformers' own choice (eager): sdpa asked of it raises
+        with contextlib.suppress(Exception):
+            config._attn_implementation = "sdpa"
     torch.manual_seed(SEED)
     model = cls(config).eval().float()
     return model
@@ -381,12 +426,16 @@ def vision_config(config):
     return (by_name or by_vision or candidates or [None])[0]
 
 
-def video_token_id(config) -> int | None:
+def _token_id(config, *attrs: str) -> int | None:
     for c in _sub_configs(config):
-        for attr in ("video_token_id", "video_token_index"):
+        for attr in attrs:
             if _is_int(getattr(c, attr, None)):
                 return getattr(c, attr)
     return None
+
+
+def video_token_id(config) -> int | None:
+    return _token_id(config, "video_token_id", "video_token_index")
 
 
 def _special_ids(config) -> set[int]:
@@ -519,11 +568,7 @@ def _video_features_count(model, layouts) -> tuple[dict[str, torch.Tensor], int]
 
 
 def _image_token_id(config) -> int | None:
-    for c in _sub_configs(config):
-        for attr in ("image_token_id", "image_token_index"):
-            if _is_int(getattr(c, attr, None)):
-                return getattr(c, attr)
-    return None
+    return _token_id(config, "image_token_id", "image_token_index")
 
 
 def _processor_spans(model, pixels: dict) -> int:
@@ -547,7 +592,8 @@ def build_inputs(model) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, s
     tubelet with a text token between, where the processor always splits the clip so (``_processor_spans``);
     the video token in one span; one span per temporal patch (Qwen3-VL's timestamps; first where the model's
     processor writes that, ``FRAME_SPAN_PROCESSORS``); the image token instead (GLM-4.1V and Nemotron-Omni mark
-    video frames with it).
+    video frames with it), also between the video start and end tokens (GLM-5-Next tells video from image
+    frames by them).
     Returns ``(inputs, eager logits, layout)``.
     """
     config = model.config
@@ -558,23 +604,27 @@ def build_inputs(model) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, s
     specials = _special_ids(config)
     text = [i for i in range(1, VOCAB) if i not in specials][:9]
     forward = inspect.signature(model.forward).parameters
-    layouts = [("one span", token, 1)]
+    layouts = [("one span", token, 1, [], [])]
     units = _processor_spans(model, pixels)
     if units > 1 and count % units == 0:
-        layouts.insert(0, (f"{units} spans, as the processor splits the clip", token, units))
+        layouts.insert(0, (f"{units} spans, as the processor splits the clip", token, units, [], []))
     groups = int(pixels["video_grid_thw"][0, 0]) if "video_grid_thw" in pixels else 1
     if groups > 1 and count % groups == 0:
-        per_patch = (f"{groups} spans, one per temporal patch", token, groups)
+        per_patch = (f"{groups} spans, one per temporal patch", token, groups, [], [])
         layouts.insert(0, per_patch) if getattr(config, "model_type", None) in FRAME_SPAN_PROCESSORS \
             else layouts.append(per_patch)
     image = _image_token_id(config)
     if image is not None and image != token:
-        layouts += [(f"image token{', ' + label if n > 1 else ''}", image, n) for label, _, n in list(layouts)]
+        images = [(f"image token{', ' + label if n > 1 else ''}", image, n, [], []) for label, _, n, _, _ in layouts]
+        start, end = _token_id(config, "video_start_token_id"), _token_id(config, "video_end_token_id")
+        if start is not None and end is not None:  # GLM-5-Next: image tokens are frames only inside these
+            images += [(f"{label} inside video start/end", image, n, [start], [end]) for label, _, n, _, _ in images]
+        layouts += images
     errors = []
-    for label, placeholder, n in layouts:
+    for label, placeholder, n, opening, closing in layouts:
         span = [placeholder] * (count // n)
         middle = sum(([text[8]] + span if i else span for i in range(n)), [])
-        ids = torch.tensor([text[:3] + middle + text[3:8]])
+        ids = torch.tensor([text[:3] + opening + middle + closing + text[3:8]])
         inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), **pixels)
         if "mm_token_type_ids" in forward:
             inputs["mm_token_type_ids"] = (ids == placeholder).long() * 2
