@@ -31,6 +31,7 @@ import contextlib
 import datetime
 import inspect
 import json
+import math
 import os
 import re
 import signal
@@ -57,7 +58,7 @@ SEED = 0
 _SHRINK = {
     "hidden_size": TEXT_WIDTH, "embed_dim": TEXT_WIDTH, "out_hidden_size": TEXT_WIDTH, "d_model": TEXT_WIDTH,
     "projection_dim": TEXT_WIDTH, "projector_hidden_size": TEXT_WIDTH, "projection_hidden_size": TEXT_WIDTH,
-    "vision_output_dim": TEXT_WIDTH,
+    "vision_output_dim": TEXT_WIDTH, "text_hidden_size": TEXT_WIDTH,
     "intermediate_size": 2 * TEXT_WIDTH, "encoder_ffn_dim": 2 * TEXT_WIDTH, "decoder_ffn_dim": 2 * TEXT_WIDTH,
     "num_attention_heads": 4, "num_heads": 4, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
     "num_key_value_heads": 2, "head_dim": 16, "kv_lora_rank": 16, "q_lora_rank": 16, "qk_rope_head_dim": 8,
@@ -83,6 +84,16 @@ _MROPE_DEFAULTS = {"ernie4_5_vl_moe_text": [22, 22, 20]}
 #: ``(a, b)``: a default where ``a == b`` keeps them equal tiny (MHA stays MHA, validated by some configs;
 #: MLA configs whose ``head_dim`` names the rotary slice).
 _TIED = (("num_key_value_heads", "num_attention_heads"), ("head_dim", "qk_rope_head_dim"))
+#: Fields a class's default config leaves unset though its model cannot be built or positioned without them:
+#: model type -> tiny values. Qwen4-Exp's indexed-attention layers always build a QSA indexer from these; the
+#: Omni thinkers' ``get_rope_index`` reads vision start/end ids their config classes do not declare (the
+#: checkpoints' ``thinker_config`` carries Qwen2.5-Omni's).
+_UNSET_FILL = {
+    "qwen4_exp_text": {"indexer_n_heads": 4, "indexer_kv_heads": 1, "indexer_head_dim": 16, "indexer_budget": 16,
+                       "indexer_compress_ratio": 4},
+    "qwen2_5_omni_thinker": {"vision_start_token_id": 151652, "vision_end_token_id": 151653},
+    "qwen3_omni_moe_thinker": {"vision_start_token_id": 151652, "vision_end_token_id": 151653},
+}
 _LAYER_ATTRS = ("num_hidden_layers", "depth", "num_layers", "encoder_layers", "decoder_layers", "n_layers")
 
 
@@ -176,11 +187,16 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _scaled_section(section: list[int], head_dim: int) -> list[int]:
-    """An M-RoPE section in the same proportions, summing to ``head_dim // 2``."""
-    half = head_dim // 2
+def _rotary_half(params: dict, head_dim: int) -> int:
+    """Frequencies an M-RoPE section splits: half the rotated dims (a ``partial_rotary_factor`` rotates fewer)."""
+    return int(head_dim * params.get("partial_rotary_factor", 1.0)) // 2
+
+
+def _scaled_section(section: list[int], half: int) -> list[int]:
+    """An M-RoPE section in the same proportions, summing to ``half``; every axis keeps a frequency (the sum is
+    more than ``half`` only where ``half`` is under the number of axes)."""
     scaled = [max(1, (s * half) // sum(section)) for s in section]
-    scaled[-1] += half - sum(scaled)
+    scaled[-1] = max(1, scaled[-1] + half - sum(scaled))
     return scaled
 
 
@@ -193,7 +209,7 @@ def _shrink_rope(d: dict, head_dim: int) -> None:
         for params in targets:
             section = params.get("mrope_section")
             if isinstance(section, list) and section and all(_is_int(s) for s in section):
-                params["mrope_section"] = _scaled_section(section, head_dim)
+                params["mrope_section"] = _scaled_section(section, _rotary_half({**d, **rope, **params}, head_dim))
             if _is_int(params.get("original_max_position_embeddings")):
                 params["original_max_position_embeddings"] = min(params["original_max_position_embeddings"], 2048)
 
@@ -225,14 +241,19 @@ def _shrink_widths(d: dict) -> None:
 
 
 def _layer_picks(d: dict, depth: int, layers: int) -> list[int]:
-    """The default's layer each tiny layer copies: evenly spaced, the last a full-attention layer where the
-    spacing drops every one."""
+    """The default's layer each tiny layer copies: evenly spaced, then each kind of layer the spacing drops
+    (full attention, Qwen4-Exp's indexed attention: their modules and caches) swapped in for a kind picked
+    twice, from the last pick."""
     picks = [i * depth // layers for i in range(layers)]
     types = d.get("layer_types")
-    full = [i for i, t in enumerate(types) if t == "full_attention"] if isinstance(types, list) else []
-    if full and not set(full) & set(picks):
-        picks[-1] = full[-1]
-    return picks
+    if not isinstance(types, list) or len(types) != depth:
+        return picks
+    for kind in dict.fromkeys(types):
+        kinds = [types[i] for i in picks]
+        spare = [j for j in range(layers) if kinds.count(kinds[j]) > 1]
+        if kind not in kinds and spare:
+            picks[spare[-1]] = max(i for i, t in enumerate(types) if t == kind)
+    return sorted(picks)
 
 
 def _shrink_layers(d: dict, layers: int) -> None:
@@ -271,6 +292,9 @@ def _shrink(d: dict, is_vision: bool) -> None:
                 and key != "per_layer_config":
             _shrink(value, is_vision=is_vision or "vision" in key or "visual" in key or "patch_size" in value)
     _shrink_widths(d)
+    for key, value in _UNSET_FILL.get(d.get("model_type"), {}).items():
+        if d.get(key) is None:
+            d[key] = value
     for key, factor in merged.items():
         d[key] = d["vision_config"]["hidden_size"] * factor
     for key in list(d):
@@ -303,20 +327,32 @@ def _shrink(d: dict, is_vision: bool) -> None:
         _shrink_rope(d, d["hidden_size"] // d["num_attention_heads"])
 
 
-def _token_keys(d: dict, path=()):
+def _is_token_field(key: str, aliases: frozenset[str] = frozenset()) -> bool:
+    return key.endswith(("_token_id", "_token_index", "_token_ids")) or key in aliases
+
+
+def _token_aliases(config_cls) -> frozenset[str]:
+    """Fields a config class also exposes under a token-id name (Molmo2's ``image_patch_id`` is its
+    ``video_token_id``): token ids like the rest."""
+    classes = [config_cls, *(getattr(config_cls, "sub_configs", None) or {}).values()]
+    return frozenset(field for c in classes for name, field in getattr(c, "attribute_map", {}).items()
+                     if _is_token_field(name))
+
+
+def _token_keys(d: dict, aliases: frozenset[str], path=()):
     for key, value in d.items():
         if not isinstance(key, str) or key in ("id2label", "label2id"):
             continue
         if isinstance(value, dict):
-            yield from _token_keys(value, path + (key,))
-        elif key.endswith(("_token_id", "_token_index", "_token_ids")) or key in ("image_token", "video_token"):
+            yield from _token_keys(value, aliases, path + (key,))
+        elif _is_token_field(key, aliases) or key in ("image_token", "video_token"):
             yield path + (key,), value
 
 
-def _remap_tokens(d: dict) -> dict[int, int]:
+def _remap_tokens(d: dict, aliases: frozenset[str]) -> dict[int, int]:
     """Special token ids outside the tiny vocabulary -> ``VOCAB - 1, VOCAB - 2, ...`` (same id, same new id)."""
     ids = []
-    for _, value in _token_keys(d):
+    for _, value in _token_keys(d, aliases):
         for v in value if isinstance(value, list) else [value]:
             if _is_int(v) and v >= VOCAB - 64 and v not in ids:
                 ids.append(v)
@@ -330,7 +366,7 @@ def _remap_tokens(d: dict) -> dict[int, int]:
                 continue
             if isinstance(value, dict):
                 apply(value)
-            elif key.endswith(("_token_id", "_token_index", "_token_ids")):
+            elif _is_token_field(key, aliases):
                 if _is_int(value):
                     node[key] = mapping.get(value, value)
                 elif isinstance(value, list):
@@ -343,13 +379,14 @@ def _remap_tokens(d: dict) -> dict[int, int]:
 _PLACEHOLDERS = re.compile(r"(image|video)_token_(id|index)")
 
 
-def _fill_placeholders(d: dict) -> None:
+def _fill_placeholders(d: dict, aliases: frozenset[str]) -> None:
     """Image/video placeholder ids the default config leaves unset (the checkpoint or its tokenizer sets them:
     MiniCPM-V, Nemotron-Omni) -> free ids at the top of the vocabulary, so the modality's path runs."""
-    used = {v for _, value in _token_keys(d) for v in (value if isinstance(value, list) else [value]) if _is_int(v)}
+    used = {v for _, value in _token_keys(d, aliases) for v in (value if isinstance(value, list) else [value])
+            if _is_int(v)}
     free = (i for i in range(VOCAB - 1, 0, -1) if i not in used)
     chosen: dict[str, int] = {}  # one id per field name, whichever sub-config names it
-    for path, value in list(_token_keys(d)):
+    for path, value in list(_token_keys(d, aliases)):
         if value is None and _PLACEHOLDERS.fullmatch(path[-1]):
             node = d
             for key in path[:-1]:
@@ -374,8 +411,9 @@ def tiny_config(config_cls):
     d = default.to_dict()
     _add_vision_config(config_cls, d)
     _shrink(d, is_vision=False)
-    _remap_tokens(d)
-    _fill_placeholders(d)
+    aliases = _token_aliases(config_cls)
+    _remap_tokens(d, aliases)
+    _fill_placeholders(d, aliases)
     for key in ("transformers_version", "architectures", "_name_or_path", "auto_map"):
         d.pop(key, None)
     config = config_cls(**d)
@@ -385,8 +423,8 @@ def tiny_config(config_cls):
             continue
         head_dim = getattr(sub, "head_dim", None) or sub.hidden_size // sub.num_attention_heads
         for params in [v for v in rope.values() if isinstance(v, dict)] or [rope]:  # per layer type, or one
-            params.setdefault("mrope_section", _scaled_section(_MROPE_DEFAULTS.get(sub.model_type, _QWEN_MROPE),
-                                                               head_dim))
+            half = _rotary_half({**rope, **params}, head_dim)
+            params.setdefault("mrope_section", _scaled_section(_MROPE_DEFAULTS.get(sub.model_type, _QWEN_MROPE), half))
     return config
 
 
@@ -441,8 +479,9 @@ def video_token_id(config) -> int | None:
 def _special_ids(config) -> set[int]:
     ids = set()
     for c in _sub_configs(config):
+        aliases = _token_aliases(type(c))
         for key, value in vars(c).items():
-            if key.endswith(("_token_id", "_token_index", "_token_ids")):
+            if _is_token_field(key, aliases):
                 for v in value if isinstance(value, list) else [value]:
                     if _is_int(v):
                         ids.add(v)
@@ -489,6 +528,18 @@ def _positioned_patches(frames: int, side: int, edge: int, channels: int, genera
                 video_position_ids=xy.repeat(frames, 1, 1), num_frames_per_video=torch.tensor([frames]))
 
 
+def _pooled_frames(vc, channels: int, patch: int, generator, pool: int = 3) -> dict[str, torch.Tensor]:
+    """Molmo2 style: each frame's patches as rows (as many as the tower has learned positions), and the patch
+    indices of the ``pool x pool`` window each video token pools (the video processor's default window)."""
+    side = math.isqrt(vc.num_position_embeddings)
+    cells = side // pool
+    grid = torch.arange(side * side).reshape(side, side)[:cells * pool, :cells * pool]
+    windows = grid.reshape(cells, pool, cells, pool).permute(0, 2, 1, 3).reshape(-1, pool * pool)
+    return dict(pixel_values_videos=torch.randn(FRAMES, side * side, channels * patch * patch, generator=generator),
+                video_token_pooling=torch.cat([windows + frame * side * side for frame in range(FRAMES)]),
+                video_grids=torch.tensor([[FRAMES, cells, cells]]))
+
+
 def pixel_layouts(model) -> list[tuple[str, dict[str, torch.Tensor]]]:
     """Candidate ``pixel_values_videos`` (and the grid or positions the forward needs) for a ``FRAMES``-frame
     clip, likeliest first: the config does not name every layout detail, so ``build_inputs`` keeps the first
@@ -517,14 +568,17 @@ def pixel_layouts(model) -> list[tuple[str, dict[str, torch.Tensor]]]:
         pixels = torch.randn(1, channels, patch, FRAMES * side * side * patch, generator=generator)
         return [("packed frames", dict(pixel_values_videos=pixels,
                                        target_sizes_videos=torch.tensor([[side, side]] * FRAMES)))]
+    if "video_token_pooling" in forward:
+        return [("pooled frames", _pooled_frames(vc, channels, patch, generator))]
     if merge and (declared or "video_grid_thw" in forward):  # Qwen-VL style: patches in rows + video_grid_thw
         t, side = max(FRAMES // temporal, 1), 4 * merge
         pixels = torch.randn(t * side * side, channels * temporal * patch * patch, generator=generator)
-        grid = torch.tensor([[t, side, side]])
-        layouts = [("flat patches", dict(pixel_values_videos=pixels, video_grid_thw=grid))]
+        grid = dict(video_grid_thw=torch.tensor([[t, side, side]]))
+        if "video_second_per_grid" in forward:  # the Omni thinkers position a video's frames in time by it
+            grid["video_second_per_grid"] = torch.tensor([1.0])
+        layouts = [("flat patches", dict(pixel_values_videos=pixels, **grid))]
         if temporal == 1:  # Kimi-K2.5: each row a [C, p, p] image for a Conv2d
-            layouts.append(("patch images", dict(pixel_values_videos=pixels.view(-1, channels, patch, patch),
-                                                 video_grid_thw=grid)))
+            layouts.append(("patch images", dict(pixel_values_videos=pixels.view(-1, channels, patch, patch), **grid)))
         return layouts
     if "video_position_ids" in forward:  # patches of the tower's size, or pre-merged to the pooling kernel's
         k = merge or 1
@@ -574,14 +628,34 @@ def _image_token_id(config) -> int | None:
 def _processor_spans(model, pixels: dict) -> int:
     """The spans the processor always splits the clip into: one per frame for packed frames (MiniCPM-V wraps
     each in ``<image>`` markers) and positioned patches (Gemma 4), one per tubelet (Nemotron-Omni's ``<img>``
-    chunks); else 1."""
+    chunks), one per pooled frame (Molmo2's ``<frame_start>``/``<frame_end>``); else 1."""
     if "target_sizes_videos" in pixels:
         return len(pixels["target_sizes_videos"])
+    if "video_grids" in pixels:
+        return int(pixels["video_grids"][0, 0])
     if _is_int(getattr(vision_config(model.config), "video_temporal_patch_size", None)):
         return pixels["pixel_values_videos"].shape[1]
     if "num_frames_per_video" in pixels and getattr(model.config, "model_type", None) in FRAME_SPAN_PROCESSORS:
         return int(pixels["num_frames_per_video"].sum())  # Gemma 4: a timestamp and markers per frame
     return 1
+
+
+def _markers(config, kind: str) -> tuple[list[int], list[int]] | None:
+    """``kind``'s start and end token ids as a layout's opening and closing, where the config names both."""
+    start, end = _token_id(config, f"{kind}_start_token_id"), _token_id(config, f"{kind}_end_token_id")
+    return ([start], [end]) if start is not None and end is not None else None
+
+
+def _vision_spans(layouts: list, opening: list[int], closing: list[int]) -> list:
+    """Each one-span layout tried first between the vision start and end tokens, as Qwen's processors write a
+    span: the Omni thinkers position a video only after its start token (text positions without). Only one
+    span: a layout's opening and closing enclose all its spans, Qwen's markers each."""
+    wrapped = []
+    for label, placeholder, n, start, end in layouts:
+        if n == 1 and not start:
+            wrapped.append((f"{label}, between vision start/end", placeholder, n, opening, closing))
+        wrapped.append((label, placeholder, n, start, end))
+    return wrapped
 
 
 def build_inputs(model) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, str]:
@@ -593,7 +667,7 @@ def build_inputs(model) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, s
     the video token in one span; one span per temporal patch (Qwen3-VL's timestamps; first where the model's
     processor writes that, ``FRAME_SPAN_PROCESSORS``); the image token instead (GLM-4.1V and Nemotron-Omni mark
     video frames with it), also between the video start and end tokens (GLM-5-Next tells video from image
-    frames by them).
+    frames by them); each one-span layout first between the vision start and end tokens (``_vision_spans``).
     Returns ``(inputs, eager logits, layout)``.
     """
     config = model.config
@@ -616,10 +690,13 @@ def build_inputs(model) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, s
     image = _image_token_id(config)
     if image is not None and image != token:
         images = [(f"image token{', ' + label if n > 1 else ''}", image, n, [], []) for label, _, n, _, _ in layouts]
-        start, end = _token_id(config, "video_start_token_id"), _token_id(config, "video_end_token_id")
-        if start is not None and end is not None:  # GLM-5-Next: image tokens are frames only inside these
-            images += [(f"{label} inside video start/end", image, n, [start], [end]) for label, _, n, _, _ in images]
+        video = _markers(config, "video")
+        if video is not None:  # GLM-5-Next: image tokens are frames only inside these
+            images += [(f"{label} inside video start/end", image, n, *video) for label, _, n, _, _ in images]
         layouts += images
+    vision = _markers(config, "vision")
+    if vision is not None:
+        layouts = _vision_spans(layouts, *vision)
     errors = []
     for label, placeholder, n, opening, closing in layouts:
         span = [placeholder] * (count // n)
