@@ -1,6 +1,6 @@
 """HoliTom's outer stage inside vLLM (``holitom_fx.vllm_plugin``), run for real on vLLM's CPU build.
 
-Tiny checkpoints are written to a temporary directory (``vllm_checkpoints``); vLLM loads the plugin
+Tiny checkpoints are written to a temporary directory (``holitom_fx.tiny_checkpoints``); vLLM loads the plugin
 through its ``vllm.general_plugins`` entry point (the package must be installed in vLLM's environment:
 ``.ci/run`` does so in a virtualenv of its own). Each check compares vLLM's greedy tokens with
 transformers + holitom_fx on the same weights and settings (batch 1, fp32, outer stage only, feature-norm
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -22,7 +24,7 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed here (.ci/run t
 from holitom_fx import HoliTomBackend, HoliTomConfig  # noqa: E402
 from holitom_fx.vllm_plugin.common import holitom_config, merged_video_tokens  # noqa: E402
 
-from . import vllm_checkpoints  # noqa: E402
+from holitom_fx import tiny_checkpoints  # noqa: E402
 
 SETTINGS = {"retain_ratio": 0.25, "tau": 0.8}
 CONFIG = HoliTomConfig(**SETTINGS, inner_layer="off")
@@ -36,7 +38,7 @@ QUESTION = "What happens in the video?"
 
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory):
-    return vllm_checkpoints.llava_onevision(str(tmp_path_factory.mktemp("llava_onevision")))
+    return tiny_checkpoints.llava_onevision(str(tmp_path_factory.mktemp("llava_onevision")))
 
 
 def engine(path: str, architecture: str | None, settings: dict | None = None, **kwargs):
@@ -61,7 +63,7 @@ def vllm_greedy(llm, path: str, videos: list) -> list[tuple[int, list[int]]]:
     """(prompt length, greedy tokens) of each request, all sent in one ``generate`` call."""
     params = vllm.SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
     if is_qwen(path):  # Qwen's processors number time from the clip's metadata; its frames are sampled already
-        videos = [(v, {**vllm_checkpoints.metadata(len(v), QWEN_FPS), "do_sample_frames": False}) for v in videos]
+        videos = [(v, {**tiny_checkpoints.metadata(len(v), QWEN_FPS), "do_sample_frames": False}) for v in videos]
     outputs = llm.generate([{"prompt": prompt(path), "multi_modal_data": {"video": v}} for v in videos], params,
                            use_tqdm=False)
     return [(len(o.prompt_token_ids), list(o.outputs[0].token_ids)) for o in outputs]
@@ -78,7 +80,7 @@ def transformers_greedy(path: str, clip, config: HoliTomConfig | None) -> tuple[
     if config is not None:
         backend = HoliTomBackend(config, compiler="eager").bind(model)
         model.compile(backend=backend)
-    extra = {"video_metadata": [vllm_checkpoints.metadata(len(clip), QWEN_FPS)]} if is_qwen(path) else {}
+    extra = {"video_metadata": [tiny_checkpoints.metadata(len(clip), QWEN_FPS)]} if is_qwen(path) else {}
     inputs = processor(text=[prompt(path)], videos=[clip], return_tensors="pt", **extra)
     generation = copy.deepcopy(model.generation_config)
     generation.eos_token_id, generation.do_sample = [-1], False  # run to the end, as vLLM's ignore_eos
@@ -107,7 +109,7 @@ def test_a_bad_setting_stops_the_engine_at_start_up(llava_dir):
 
 def test_llava_onevision_without_holitom_equals_transformers(llava_dir):
     """The baseline: the tiny checkpoint decodes the same in both engines before HoliTom is switched on."""
-    clip = vllm_checkpoints.video(8, 64)
+    clip = tiny_checkpoints.video(8, 64)
     [(length, tokens)] = vllm_greedy(engine(llava_dir, None), llava_dir, [clip])
     expected_length, expected, _ = transformers_greedy(llava_dir, clip, None)
     assert (length, tokens) == (expected_length, expected)
@@ -119,7 +121,7 @@ def llava_engine(llava_dir):
 
 
 def test_llava_onevision_merges_like_holitom_fx(llava_dir, llava_engine):
-    clip = vllm_checkpoints.video(8, 64)
+    clip = tiny_checkpoints.video(8, 64)
     [(length, tokens)] = vllm_greedy(llava_engine, llava_dir, [clip])
     expected_length, expected, backend = transformers_greedy(llava_dir, clip, CONFIG)
     report = backend.last_report
@@ -132,8 +134,8 @@ def test_llava_onevision_merges_like_holitom_fx(llava_dir, llava_engine):
 
 def test_llava_onevision_batch_and_frame_counts_each_equal_their_single_run(llava_dir, llava_engine):
     """Several requests with different videos and different frame counts in one engine and one batch."""
-    clips = [vllm_checkpoints.video(8, 64, seed=1), vllm_checkpoints.video(8, 64, seed=2),
-             vllm_checkpoints.video(4, 64, seed=3), vllm_checkpoints.video(6, 64, seed=4)]
+    clips = [tiny_checkpoints.video(8, 64, seed=1), tiny_checkpoints.video(8, 64, seed=2),
+             tiny_checkpoints.video(4, 64, seed=3), tiny_checkpoints.video(6, 64, seed=4)]
     together = vllm_greedy(llava_engine, llava_dir, clips)
     alone = [vllm_greedy(llava_engine, llava_dir, [clip])[0] for clip in clips]
     assert together == alone
@@ -146,11 +148,11 @@ def test_llava_onevision_batch_and_frame_counts_each_equal_their_single_run(llav
 
 @pytest.fixture(scope="module")
 def qwen_dir(tmp_path_factory):
-    return vllm_checkpoints.qwen2_5_vl(str(tmp_path_factory.mktemp("qwen2_5_vl")))
+    return tiny_checkpoints.qwen2_5_vl(str(tmp_path_factory.mktemp("qwen2_5_vl")))
 
 
 def test_qwen2_5_vl_without_holitom_equals_transformers(qwen_dir):
-    clip = vllm_checkpoints.video(8, 112)
+    clip = tiny_checkpoints.video(8, 112)
     [(length, tokens)] = vllm_greedy(engine(qwen_dir, None), qwen_dir, [clip])
     assert (length, tokens) == transformers_greedy(qwen_dir, clip, None)[:2]
 
@@ -161,7 +163,7 @@ def qwen_engine(qwen_dir):
 
 
 def test_qwen2_5_vl_merges_like_holitom_fx_at_representative_positions(qwen_dir, qwen_engine):
-    clip = vllm_checkpoints.video(8, 112)
+    clip = tiny_checkpoints.video(8, 112)
     [(length, tokens)] = vllm_greedy(qwen_engine, qwen_dir, [clip])
     expected_length, expected, backend = transformers_greedy(qwen_dir, clip, CONFIG)
     report = backend.last_report
@@ -171,10 +173,25 @@ def test_qwen2_5_vl_merges_like_holitom_fx_at_representative_positions(qwen_dir,
 
 
 def test_qwen2_5_vl_batch_and_frame_counts_each_equal_their_single_run(qwen_dir, qwen_engine):
-    clips = [vllm_checkpoints.video(8, 112, seed=1), vllm_checkpoints.video(8, 112, seed=2),
-             vllm_checkpoints.video(4, 112, seed=3)]
+    clips = [tiny_checkpoints.video(8, 112, seed=1), tiny_checkpoints.video(8, 112, seed=2),
+             tiny_checkpoints.video(4, 112, seed=3)]
     together = vllm_greedy(qwen_engine, qwen_dir, clips)
     alone = [vllm_greedy(qwen_engine, qwen_dir, [clip])[0] for clip in clips]
     assert together == alone
     assert alone[0][0] - alone[2][0] == merged_video_tokens(4, 16, 0, CONFIG) - merged_video_tokens(2, 16, 0, CONFIG)
     assert alone[2] == transformers_greedy(qwen_dir, clips[2], CONFIG)[:2]
+
+
+def test_serving_example_answers_a_video_request_with_the_merged_prompt(llava_dir):
+    """``examples/vllm_serve.py``: the OpenAI-compatible server on 127.0.0.1, one chat request with an mp4
+    clip, the server stopped; the prompt it reports holds HoliTom's merged count."""
+    from transformers import AutoTokenizer
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, os.path.join(root, "examples", "vllm_serve.py"), "--model", llava_dir,
+                          "--timeout", "240"], capture_output=True, text=True, timeout=420)
+    assert run.returncode == 0, run.stderr[-3000:]
+    reported = [line for line in run.stderr.splitlines() if line.startswith("prompt tokens: ")]
+    text = len(AutoTokenizer.from_pretrained(llava_dir)(prompt(llava_dir))["input_ids"]) - 1  # less <video>
+    assert reported and int(reported[0].split()[2]) == text + merged_video_tokens(8, 16, 1, CONFIG)
+    assert "server stopped" in run.stderr
