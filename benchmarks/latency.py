@@ -3,6 +3,7 @@
     python benchmarks/latency.py --threads 1               # CPU preset: ~4 minutes, mostly compilation
     python benchmarks/latency.py --preset 7b --device cuda # LLaVA-OneVision-7B dims, random bf16 weights, 32 frames
     python benchmarks/latency.py --preset tiny --compiler eager   # seconds: a smoke run, timings meaningless
+    python benchmarks/latency.py --kv-fake                 # KV cache per request at 7B dims, fake tensors
 
 Presets: ``cpu`` is a random LLaVA-OneVision with an 8-layer, 512-wide Qwen2 LLM and a 4-layer,
 128-wide SigLIP at 224 px (64 tokens per frame), 16 frames, so the 1039-token prefill dominates
@@ -49,6 +50,11 @@ HoliTom's nodes are also timed eagerly (``holitom_nodes_ms`` in the JSON). For H
 32 x 196 x 3584 outside a model (issue 5.3) see ``benchmarks/bench_ops.py``, which this script
 reuses for its synthetic features and the saliency node; the ``7b`` preset measures the same size inside the latency run.
 
+**KV cache**: after the timed runs, one ``generate(max_new_tokens=1)`` per variant returns its cache; its keys
+and values, summed over layers, are the KV bytes a request holds after its prefill, compared with what the
+token counts predict (``kv`` in the JSON, with how many requests fit in ``--kv-memory-gib``). ``--kv-fake``
+computes only that, at LLaVA-OneVision-7B dimensions, from one prefill on fake tensors (seconds, no memory).
+
 Writes ``latency.json`` and ``latency.png`` (grouped bars in the style of the paper's TTFT figure:
 vanilla vs HoliTom, stacked vision / HoliTom / LLM, speed-ups written above; decode tokens/s
 beside it) under ``--out`` and prints a table.
@@ -79,6 +85,7 @@ from bench_ops import saliency_step, synthetic_video  # noqa: E402
 import holitom_fx  # noqa: E402
 from holitom_fx import HoliTomBackend, HoliTomConfig  # noqa: E402
 from holitom_fx.archs import layout_for  # noqa: E402
+from holitom_fx.flops import predicted_kv_bytes  # noqa: E402
 from holitom_fx.ops import exact_budget, gather_tokens, last_query_attention  # noqa: E402
 from holitom_fx.ops.stages import inner_stage, outer_stage  # noqa: E402
 from holitom_fx.tiny import synthetic_clip, video_prompt  # noqa: E402
@@ -206,6 +213,49 @@ def timed_generate(model: torch.nn.Module, inputs: dict, new_tokens: int, sync: 
         raise RuntimeError(f"expected {new_tokens} token timestamps, got {len(stamps)}")
     decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
     return dict(ttft=stamps[0] - start, decode_tok_s=decode, tokens=out[0, inputs["input_ids"].shape[1]:].tolist())
+
+
+def prefill_kv(model: torch.nn.Module, inputs: dict) -> tuple[int, list[int]]:
+    """``(bytes, tokens per layer)`` of the KV cache one request holds after its prefill, read off the cache
+    object ``generate()`` returns (one new token: the prefill alone has filled the cache)."""
+    from holitom_fx.flops import kv_cache_bytes
+
+    out = model.generate(**inputs, max_new_tokens=1, do_sample=False, return_dict_in_generate=True)
+    return kv_cache_bytes(out.past_key_values)
+
+
+def kv_record(measured: dict[str, tuple[int, list[int]]], predicted: dict[str, int], memory_gib: float,
+              source: str) -> dict:
+    """KV bytes per request after prefill, vanilla vs HoliTom, what the token counts predict, and how many
+    requests' caches fit in ``memory_gib``."""
+    budget = memory_gib * 2**30
+    return dict(source=source, memory_gib=memory_gib, ratio=measured["holitom"][0] / measured["vanilla"][0], **{
+        name: dict(bytes=size, tokens_per_layer=tokens, predicted_bytes=predicted[name],
+                   error=size / predicted[name] - 1.0, concurrent_videos=int(budget // size))
+        for name, (size, tokens) in measured.items()})
+
+
+def predicted_tokens(report, layers: int) -> list[int]:
+    """Tokens each decoder layer caches, from HoliTom's report: L' up to layer K, L'' from K on."""
+    _, outer, inner = report.sequence_length
+    k = report.inner_layer if report.inner_layer is not None else layers
+    return [outer] * k + [inner] * (layers - k)
+
+
+def fake_kv(args: argparse.Namespace) -> dict:
+    """The KV record at LLaVA-OneVision-7B dimensions, from one prefill on fake tensors (no memory, no timing)."""
+    from holitom_fx.flops import fake_prefill_kv, llava_onevision_7b_config, predicted_kv_bytes
+
+    model_config, frames = llava_onevision_7b_config(), args.frames or PRESETS["7b"]["frames"]
+    config = HoliTomConfig(retain_ratio=args.retain_ratio, tau=args.tau)
+    vanilla, holitom = fake_prefill_kv(model_config, frames, None), fake_prefill_kv(model_config, frames, config)
+    text = model_config.text_config
+    layers = text.num_hidden_layers
+    predicted = {"vanilla": predicted_kv_bytes([holitom[2].sequence_length[0]] * layers, text, torch.bfloat16),
+                 "holitom": predicted_kv_bytes(predicted_tokens(holitom[2], layers), text, torch.bfloat16)}
+    return dict(preset="7b", frames=frames, holitom=asdict(config), kv=kv_record(
+        {"vanilla": vanilla[:2], "holitom": holitom[:2]}, predicted, args.kv_memory_gib,
+        "one prefill on fake tensors (FakeTensorMode), bf16"))
 
 
 def timed_vision(model: torch.nn.Module, inputs: dict, sync: Callable[[], None]) -> float:
@@ -374,6 +424,7 @@ def run(args: argparse.Namespace) -> dict:
                 log.info("repeat %d/%d: TTFT vanilla %.1f ms, HoliTom %.1f ms", repeat + 1, repeats,
                          samples["vanilla_ttft"][-1] * 1e3, samples["holitom_ttft"][-1] * 1e3)
         graphs_done = {name: count() for name, count in graph_count.items()}
+        kv = {name: prefill_kv(models[name], inputs) for name in ("vanilla", "holitom")}
     for name in graphs_warm:
         if graphs_done[name] != graphs_warm[name]:
             log.warning("%s compiled %d more graph(s) during the timed runs", name, graphs_done[name] - graphs_warm[name])
@@ -416,6 +467,9 @@ def run(args: argparse.Namespace) -> dict:
         holitom_nodes_ms=dict(compiled={p: med[f"{p}_compiled"] for p in node_fns},
                               eager={p: med[f"{p}_eager"] for p in node_fns}),
         vision_delta_ms=med["holitom_vision"] - med["vanilla_vision"],
+        kv=kv_record(kv, {"vanilla": predicted_kv_bytes([length] * text.num_hidden_layers, text, dtype),
+                          "holitom": predicted_kv_bytes(predicted_tokens(report, text.num_hidden_layers), text, dtype)},
+                     args.kv_memory_gib, "the cache generate() returns after its prefill"),
         compile_and_first_generate_s=compiled,
         graphs=dict(after_warmup=graphs_warm, after_timing=graphs_done,
                     vanilla_symbolic=vanilla_backend.graphs, holitom_fallbacks=holitom_backend.fallbacks,
@@ -466,6 +520,16 @@ def print_table(record: dict) -> None:
     print(f"HoliTom nodes alone (ms, compiled / eager): saliency {nodes['compiled']['saliency']:.1f} / "
           f"{nodes['eager']['saliency']:.1f}, outer+inner merge {nodes['compiled']['merge']:.1f} / "
           f"{nodes['eager']['merge']:.1f}; vision graph HoliTom - vanilla: {record['vision_delta_ms']:.1f} ms")
+
+
+def print_kv(kv: dict) -> None:
+    print(f"KV cache per request after prefill ({kv['source']}); concurrent videos in {kv['memory_gib']:g} GiB")
+    print(f"{'variant':<8} {'MiB':>10} {'predicted MiB':>14} {'error':>8} {'videos':>7}")
+    for name in ("vanilla", "holitom"):
+        row = kv[name]
+        print(f"{name:<8} {row['bytes'] / 2**20:>10.2f} {row['predicted_bytes'] / 2**20:>14.2f} "
+              f"{row['error']:>8.2%} {row['concurrent_videos']:>7d}")
+    print(f"HoliTom / vanilla: {kv['ratio']:.2%}")
 
 
 def plot(record: dict, path: Path) -> bool:
@@ -541,6 +605,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="CPU threads (default: torch's); 1 on a machine whose cores other work shares")
     parser.add_argument("--compiler", choices=("inductor", "eager"), default="inductor",
                         help="eager: Dynamo traces and HoliTom rewrites, graphs run uncompiled (smoke tests only)")
+    parser.add_argument("--kv-memory-gib", type=float, default=64.0,
+                        help="memory for KV caches: how many requests' caches fit (default 64 GiB)")
+    parser.add_argument("--kv-fake", action="store_true",
+                        help="only the KV record at LLaVA-OneVision-7B dims, on fake tensors (seconds, no memory)")
     parser.add_argument("--no-record-command", dest="record_command", action="store_false",
                         help="leave the command line out of the JSON")
     return parser.parse_args(argv)
@@ -549,8 +617,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Run, print the table, write the JSON and the PNG; returns the record."""
     args = parse_args(argv)
+    if args.kv_fake:
+        record = fake_kv(args)
+        print_kv(record["kv"])
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "latency_kv.json").write_text(json.dumps(record, indent=2))
+        return record
     record = run(args)
     print_table(record)
+    print_kv(record["kv"])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latency.json").write_text(json.dumps(record, indent=2))
     log.info("wrote %s", args.out / "latency.json")

@@ -334,6 +334,52 @@ def count_prefill_flops(model_config: Any, frames: int, configs: Sequence[HoliTo
     return results
 
 
+# ---------------------------------------------------------------------------------------------
+# KV-cache memory
+
+
+def kv_cache_bytes(cache: Any) -> tuple[int, list[int]]:
+    """``(bytes, tokens per layer)`` of the keys and values a transformers cache holds, read off its layers."""
+    layers = [layer for layer in cache.layers if getattr(layer, "keys", None) is not None]
+    size = sum(t.numel() * t.element_size() for layer in layers for t in (layer.keys, layer.values))
+    return size, [layer.keys.shape[-2] for layer in layers]
+
+
+def predicted_kv_bytes(tokens_per_layer: Sequence[int], text_config: Any, dtype: torch.dtype) -> int:
+    """What the token counts predict: keys and values of ``kv_heads x head_dim`` per token and layer."""
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    return sum(tokens_per_layer) * 2 * text_config.num_key_value_heads * head_dim * dtype.itemsize
+
+
+def fake_prefill_kv(model_config: Any, frames: int, config: HoliTomConfig | None,
+                    dtype: torch.dtype = torch.bfloat16) -> tuple[int, list[int], Any]:
+    """``kv_cache_bytes`` (and HoliTom's report, None for vanilla) after one prefill ``model(input_ids, pixel_values_videos, use_cache=True)`` of
+    ``model_config`` on fake tensors (no memory): vanilla (``config=None``) or under ``HoliTomBackend(config)``,
+    the rewritten graph run as is. Resets Dynamo before and after."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    from .backend import HoliTomBackend
+    from .tiny import video_prompt
+
+    torch._dynamo.reset()
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    model = fake_model(model_config, fake_mode, dtype)
+    backend = (lambda gm, _: gm.forward) if config is None else HoliTomBackend(config, compiler="eager").bind(model)
+    ids = video_prompt(model, frames, list(range(1, TEXT_BEFORE + 1)), list(range(1, TEXT_TOKENS - TEXT_BEFORE + 1)))
+    size = model_config.vision_config.image_size
+    with fake_mode, torch.no_grad(), torch._dynamo.config.patch(capture_scalar_outputs=True):
+        input_ids = fake_mode.from_tensor(ids, static_shapes=True)
+        out = torch.compile(model, backend=backend)(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True, logits_to_keep=1,
+            pixel_values_videos=torch.empty(1, frames, 3, size, size, dtype=dtype))
+    torch._dynamo.reset()
+    report = None if config is None else backend.last_report
+    if config is not None and report is None:
+        raise RuntimeError(f"HoliTom did not merge the prefill for {config} (fallbacks: {backend.fallbacks})")
+    return (*kv_cache_bytes(out.past_key_values), report)
+
+
 def _label(config: HoliTomConfig | None) -> str:
     if config is None:
         return "vanilla"
