@@ -9,6 +9,7 @@ the runtime state those graphs share (the decode position shift, the last segmen
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -135,6 +136,7 @@ class HoliTomBackend:
         self.saliency_fallbacks = 0
         self.last_report: HoliTomReport | None = None
         self._said_saliency_fallback = False
+        self._said_fallbacks: set[str] = set()
         self._merged_prefill_seen = False  # a decode graph takes the compact shift inside only after one
         _enable_dynamo_capture()
 
@@ -172,7 +174,10 @@ class HoliTomBackend:
         except Exception as err:  # noqa: BLE001 - never break the user's model: compile it unchanged, say why
             if not isinstance(err, RewriteError):
                 err = RewriteError(f"internal error in a HoliTom pass: {type(err).__name__}: {err}")
-            log.warning("HoliTom left a graph unchanged: %s", err)
+            said = str(err) in self._said_fallbacks  # once per reason; every one is counted and recorded
+            log.log(logging.DEBUG if said else logging.WARNING, "HoliTom left a graph unchanged: %s (what HoliTom "
+                    "applies to, and why not elsewhere: %s)", err, SUPPORT_TABLE)
+            self._said_fallbacks.add(str(err))
             self.fallbacks += 1
             record.fallback = str(err)
             ctx = GraphContext(self.config, None, None)
@@ -397,6 +402,11 @@ holitom_backend = HoliTomBackend()
 # backend="holitom": registered through the `torch_dynamo_backends` entry point (pyproject.toml).
 
 
+#: Where users read what HoliTom applies to (said with every refusal).
+SUPPORT_TABLE = "docs/support.md in the holitom-fx repository"
+_VISUAL_INPUT_WORDS = ("video", "pixel", "frame", "image", "visual")
+
+
 def compile(model: torch.nn.Module, config: HoliTomConfig | None = None, **compile_kwargs) -> HoliTomBackend:
     """Compile ``model`` and its vision tower in place with one HoliTom backend bound to it; returns it.
 
@@ -406,8 +416,13 @@ def compile(model: torch.nn.Module, config: HoliTomConfig | None = None, **compi
     (``compile_kwargs`` go there). Dynamo's capture settings are set by the backend (``DYNAMO_CAPTURE``).
     """
     backend = HoliTomBackend(config).bind(model)
+    inputs = inspect.signature(model.forward).parameters
     layout = layout_for(getattr(model, "config", None))
-    if layout is not None and layout.vision_tower:
+    if not any(word in name for name in inputs for word in _VISUAL_INPUT_WORDS):
+        log.warning("HoliTom: %s.forward takes no video or pixel input (%s): unless visual features reach its "
+                    "graphs under another name, HoliTom will pass them through unchanged (%s)",
+                    type(model).__name__, ", ".join(inputs) or "no parameters", SUPPORT_TABLE)
+    elif layout is not None and layout.vision_tower:
         model.get_submodule(layout.vision_tower).compile(backend=backend, **compile_kwargs)
     else:
         log.info("HoliTom: no layout record names the vision tower of model type %r: it is not compiled apart "
