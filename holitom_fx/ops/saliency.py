@@ -12,18 +12,36 @@ import torch
 import torch.nn.functional as F
 
 
+#: Frames whose attention probabilities exist at once: the saliency's peak memory is
+#: ``FRAME_CHUNK x heads x patches x patches`` floats whatever the frame count (272 MB at SigLIP-384).
+FRAME_CHUNK = 8
+
+
 def attention_received(
     query: torch.Tensor,
     key: torch.Tensor,
     attn_mask: torch.Tensor | None,
     scale: float | None,
+    frame_chunk: int = FRAME_CHUNK,
 ) -> torch.Tensor:
     """Softmax attention each key receives, averaged over heads and queries: ``[B, L_kv]``, fp32.
 
     ``query [B, H, L, D]``, ``key [B, H_kv, L_kv, D]`` (grouped-query heads repeated);
     ``attn_mask`` (bool or additive, broadcastable to ``[B, H, L, L_kv]``) is applied.
-    Every row of the result sums to 1.
+    Every row of the result sums to 1. Computed ``frame_chunk`` rows of the batch (frames) at a time, so
+    the ``[B, H, L, L_kv]`` probabilities are never all in memory (a loop unrolled when traced).
     """
+    chunks = []
+    for start in range(0, query.shape[0], frame_chunk):
+        rows = slice(start, start + frame_chunk)
+        mask = attn_mask[rows] if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[0] > 1 \
+            else attn_mask
+        chunks.append(_received(query[rows], key[rows], mask, scale))
+    return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def _received(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None,
+              scale: float | None) -> torch.Tensor:
     q = query.float()
     k = key.float()
     if k.shape[1] != q.shape[1]:
