@@ -265,3 +265,25 @@ def forward_greedy(model, hidden, positions, decode_position, new_tokens: int):
         steps.append(step.logits[:, -1])
         tokens.append(int(steps[-1][0].argmax()))
     return torch.cat(steps), tokens
+
+
+def mrope_merged_prompt(model, inputs, cfg, token_id: int):
+    """An M-RoPE model's video prompt (``token_id`` placeholders, a span per temporal patch or one) after the
+    outer stage applied by hand with the model's own encoder and ``get_rope_index``: (embeddings, every
+    token's (t, h, w) [3, 1, L'] (a merged token's: its representative's), the merged video's token indices,
+    the prompt's last position). Feature-norm saliency, as generate() encodes outside the graph."""
+    inner = model.model
+    ids = inputs["input_ids"]
+    features = torch.cat(inner.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                                  video_grid_thw=inputs["video_grid_thw"]).pooler_output)
+    mask = ids == token_id
+    embeds = inner.get_input_embeddings()(ids).masked_scatter(mask[..., None], features)
+    positions, _ = inner.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
+                                        video_grid_thw=inputs["video_grid_thw"], attention_mask=inputs["attention_mask"])
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    per_frame = h * w // model.config.vision_config.spatial_merge_size ** 2
+    grid = features.reshape(t, per_frame, -1)
+    out = outer_merge(grid, feature_saliency(grid), cfg)
+    hidden, source = place_by_frame(embeds, mask, out.tokens[None], out.positions[None], t, per_frame)
+    video_rows = torch.nonzero(mask.gather(1, source)[0]).flatten().tolist()
+    return hidden, positions.gather(-1, source.expand(positions.shape[0], *source.shape)), video_rows, positions[..., -1:]

@@ -6,68 +6,30 @@ batch, graph counts."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 from transformers.models.glm4v import modeling_glm4v
 
 from holitom_fx import HoliTomBackend, HoliTomConfig
 from holitom_fx.archs import GENERIC, layout_for
-from holitom_fx.ops import feature_saliency, outer_merge, place_by_frame
-from holitom_fx.sweep import build_inputs, build_tiny
 
 from . import reference_pipeline
+from .sweep_models import IDENTITY, OUTER, SweepModel
 from .test_backend_llava_onevision import (assert_batch_equals_each_row_alone, assert_generate_is_unchanged, graph_count,
                                            greedy_with_step_logits, left_pad)
 
-GLM = ("Glm4vForConditionalGeneration", ["glm4v"])
-IDENTITY = HoliTomConfig(retain_ratio=1.0, tau=1.5, inner_layer="off")
-OUTER = HoliTomConfig(retain_ratio=0.5, tau=0.8, inner_layer="off")
+GLM = SweepModel("Glm4vForConditionalGeneration", ["glm4v"])
+tiny, compiled = GLM.tiny, GLM.compiled
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
-def tiny():
-    return build_tiny(*GLM)
-
-
-@functools.lru_cache(maxsize=1)
 def glm_inputs():
-    """The sweep's prompt for the tiny GLM-4.1V, laid out on an uncompiled instance (it runs the model)."""
-    return build_inputs(tiny())[0]
+    return GLM.prompt
 
 
 def inputs_for(model):
-    return glm_inputs()
-
-
-def compiled(cfg: HoliTomConfig):
-    model = tiny()
-    backend = HoliTomBackend(cfg, compiler="eager").bind(model)
-    model.compile(backend=backend)
-    return model, backend
-
-
-def merged_prompt(model, inputs, cfg: HoliTomConfig):
-    """(embeddings after the outer stage applied by hand with the model's own encoder, every token's
-    (t, h, w) [3, 1, L'] (a merged token's: its representative's), the merged video's token indices, the
-    prompt's last position). Feature-norm saliency, as generate() encodes outside the graph."""
-    inner = model.model
-    ids = inputs["input_ids"]
-    features = torch.cat(inner.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
-                                                  video_grid_thw=inputs["video_grid_thw"]).pooler_output)
-    mask = ids == model.config.image_token_id
-    embeds = inner.get_input_embeddings()(ids).masked_scatter(mask[..., None], features)
-    positions, _ = inner.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
-                                        video_grid_thw=inputs["video_grid_thw"], attention_mask=inputs["attention_mask"])
-    t, h, w = inputs["video_grid_thw"][0].tolist()
-    per_frame = h * w // model.config.vision_config.spatial_merge_size ** 2
-    grid = features.reshape(t, per_frame, -1)
-    out = outer_merge(grid, feature_saliency(grid), cfg)
-    hidden, source = place_by_frame(embeds, mask, out.tokens[None], out.positions[None], t, per_frame)
-    video_rows = torch.nonzero(mask.gather(1, source)[0]).flatten().tolist()
-    return hidden, positions.gather(-1, source.expand(3, *source.shape)), video_rows, positions[..., -1:]
+    return GLM.prompt
 
 
 @torch.no_grad()
@@ -75,7 +37,8 @@ def reference_generate(model, inputs, cfg: HoliTomConfig, new_tokens: int, renum
     """(logits of every step ``[new_tokens, vocab]``, greedy tokens), outer stage only, through the model's own
     forward: merged tokens at their representatives' (t, h, w) (``renumber``: at 0..L'-1 instead, to show
     positions matter), decoding after the prompt's last position."""
-    hidden, merged, _, last = merged_prompt(model, inputs, cfg)
+    hidden, merged, _, last = reference_pipeline.mrope_merged_prompt(model, inputs, cfg,
+                                                                      model.config.image_token_id)
     if renumber:
         merged = torch.arange(hidden.shape[1]).expand(3, 1, -1)
     return reference_pipeline.forward_greedy(model, hidden, merged, lambda step: last + 1 + step, new_tokens)
@@ -143,7 +106,8 @@ def test_inner_stage_matches_the_reference_decoder():
     cfg = HoliTomConfig(retain_ratio=0.5, tau=0.8)
     model, backend = compiled(cfg)
     reference = tiny()
-    hidden, merged, video_rows, last = merged_prompt(reference, glm_inputs(), cfg)
+    hidden, merged, video_rows, last = reference_pipeline.mrope_merged_prompt(
+        reference, glm_inputs(), cfg, reference.config.image_token_id)
     expected_steps = []
     _, expected_tokens = reference_pipeline.run_decoder(
         reference, hidden, [], 0, merged, lambda step: last + 1 + step, cfg, 8, visual=video_rows,

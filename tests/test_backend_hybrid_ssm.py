@@ -6,40 +6,21 @@ on the merged embeddings at compact positions."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
-from holitom_fx import HoliTomBackend, HoliTomConfig
+from holitom_fx import HoliTomConfig
 from holitom_fx.archs import GENERIC, layout_for
 from holitom_fx.ops import feature_saliency, outer_merge, place_by_frame
-from holitom_fx.sweep import build_inputs, build_tiny
 
 from . import reference_pipeline
+from .sweep_models import IDENTITY, OUTER, SweepModel
 from .test_backend_llava_onevision import assert_generate_is_unchanged, greedy_with_step_logits
 
-NEMOTRON = ("NemotronH_Omni_Reasoning_V3", ["nemotron_h_omni"])
-IDENTITY = HoliTomConfig(retain_ratio=1.0, tau=1.5, inner_layer="off")
-OUTER = HoliTomConfig(retain_ratio=0.5, tau=0.8, inner_layer="off")
+NEMOTRON = SweepModel("NemotronH_Omni_Reasoning_V3", ["nemotron_h_omni"])
+tiny, compiled = NEMOTRON.tiny, NEMOTRON.compiled
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
-
-
-def tiny():
-    return build_tiny(*NEMOTRON)
-
-
-@functools.lru_cache(maxsize=1)
-def prompt():
-    return build_inputs(tiny())[0]
-
-
-def compiled(cfg: HoliTomConfig):
-    model = tiny()
-    backend = HoliTomBackend(cfg, compiler="eager").bind(model)
-    model.compile(backend=backend)
-    return model, backend
 
 
 def video_features(model, inputs) -> torch.Tensor:
@@ -79,7 +60,7 @@ def test_tiny_nemotron_is_hybrid_with_no_record():
 @torch.no_grad()
 def test_identity_at_full_retain_without_inner_stage():
     model, backend = compiled(IDENTITY)
-    assert_generate_is_unchanged(model, tiny(), prompt())
+    assert_generate_is_unchanged(model, tiny(), NEMOTRON.prompt)
     report = backend.last_report
     assert report is not None and report.tokens_in == report.tokens_after_outer and backend.fallbacks == 0
 
@@ -87,8 +68,8 @@ def test_identity_at_full_retain_without_inner_stage():
 @torch.no_grad()
 def test_outer_stage_matches_the_eager_reference_through_the_selective_scan():
     model, backend = compiled(OUTER)
-    expected_steps, expected_tokens = reference_generate(tiny(), prompt(), OUTER, 8)
-    tokens, steps = greedy_with_step_logits(model, prompt(), 8)
+    expected_steps, expected_tokens = reference_generate(tiny(), NEMOTRON.prompt, OUTER, 8)
+    tokens, steps = greedy_with_step_logits(model, NEMOTRON.prompt, 8)
     torch.testing.assert_close(steps, expected_steps, rtol=1e-4, atol=1e-4)
     assert tokens == [expected_tokens]
     report = backend.last_report
