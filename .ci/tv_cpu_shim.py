@@ -17,15 +17,16 @@ _SCHEMAS = {
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
 }
 _LIB = None
+_DONE = False
 
 
 class _TorchvisionOpsFinder:
     @classmethod
     def find_spec(cls, fullname, path=None, target=None):
-        if fullname != "torchvision":
+        global _LIB, _DONE
+        if fullname != "torchvision" or _DONE:
             return None
-        global _LIB
-        sys.meta_path.remove(cls)  # run once
+        _DONE = True  # run once (not removed from sys.meta_path while the import system walks it)
         try:
             import torch
 

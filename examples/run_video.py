@@ -122,9 +122,9 @@ def check_against_report(fates: TokenFates, report: HoliTomReport, per_frame: in
     """The eager merge must be the one the compiled prefill ran: same segments, same token count.
     Returns the pass-through tokens per video (LLaVA-OneVision's newline)."""
     pass_through = report.tokens_in // report.videos - report.frames * per_frame
-    assert fates.segments == report.segments[0], (fates.segments, report.segments[0])
-    assert fates.kept + pass_through == report.tokens_after_outer // report.videos, \
-        (fates.kept, pass_through, report.tokens_after_outer)
+    if fates.segments != report.segments[0] or fates.kept + pass_through != report.tokens_after_outer // report.videos:
+        raise RuntimeError(f"the picture's merge (segments {fates.segments}, {fates.kept} kept) is not the compiled "
+                           f"run's (segments {report.segments[0]}, {report.tokens_after_outer} after the outer stage)")
     return pass_through
 
 

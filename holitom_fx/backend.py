@@ -417,12 +417,13 @@ def compile(model: torch.nn.Module, config: HoliTomConfig | None = None, **compi
     """
     backend = HoliTomBackend(config).bind(model)
     inputs = inspect.signature(model.forward).parameters
-    layout = layout_for(getattr(model, "config", None))
-    if not any(word in name for name in inputs for word in _VISUAL_INPUT_WORDS):
+    variadic = any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in inputs.values())
+    if not variadic and not any(word in name for name in inputs for word in _VISUAL_INPUT_WORDS):
         log.warning("HoliTom: %s.forward takes no video or pixel input (%s): unless visual features reach its "
                     "graphs under another name, HoliTom will pass them through unchanged (%s)",
                     type(model).__name__, ", ".join(inputs) or "no parameters", SUPPORT_TABLE)
-    elif layout is not None and layout.vision_tower:
+    layout = layout_for(getattr(model, "config", None))
+    if layout is not None and layout.vision_tower:
         model.get_submodule(layout.vision_tower).compile(backend=backend, **compile_kwargs)
     else:
         log.info("HoliTom: no layout record names the vision tower of model type %r: it is not compiled apart "

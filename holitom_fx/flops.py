@@ -339,7 +339,8 @@ def count_prefill_flops(model_config: Any, frames: int, configs: Sequence[HoliTo
 
 
 def kv_cache_bytes(cache: Any) -> tuple[int, list[int]]:
-    """``(bytes, tokens per layer)`` of the keys and values a transformers cache holds, read off its layers."""
+    """``(bytes, tokens per layer)`` of the keys and values a transformers cache holds, read off its attention
+    layers (a hybrid model's linear-attention or SSM layers hold states of a fixed size instead: not counted)."""
     layers = [layer for layer in cache.layers if getattr(layer, "keys", None) is not None]
     size = sum(t.numel() * t.element_size() for layer in layers for t in (layer.keys, layer.values))
     return size, [layer.keys.shape[-2] for layer in layers]

@@ -53,6 +53,13 @@ def _add_placeholder(graph: fx.Graph, name: str) -> fx.Node:
         return mark_inserted(graph.placeholder(name))
 
 
+def _has_sliding_layers(model_config) -> bool:
+    """The model's config declares sliding-window layers: its cache may be built inside the traced call,
+    where no cache input shows it."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    return any("sliding" in str(kind) for kind in getattr(text, "layer_types", None) or ())
+
+
 class OuterMergePass:
     """Insert ``outer_stage`` right after the video boundary and reroute every later read of the sequence."""
 
@@ -76,7 +83,8 @@ class OuterMergePass:
                              "the boundary); for Qwen3-VL set torch._dynamo.config.capture_dynamic_output_shape_ops"
                              "=True (a HoliTom backend sets it when created)")
             return 0
-        if any(is_sliding_window_cache_input(n) for n in graph.find_nodes(op="placeholder")):
+        if any(is_sliding_window_cache_input(n) for n in graph.find_nodes(op="placeholder")) or \
+                _has_sliding_layers(ctx.model_config):
             raise RewriteError("the cache's sliding-window layers count their tokens in Python (cumulative_length), "
                                "which Dynamo replays at the traced length: decoding after a merged prefill would "
                                "mask the wrong keys")

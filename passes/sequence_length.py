@@ -53,10 +53,11 @@ def _gather_tokens_of(values: torch.Tensor, source: torch.Tensor) -> torch.Tenso
 
 def _resized_pad(node: fx.Node, old: int, new: int) -> tuple | None:
     """New pad amounts of a pad along the sequence, or None to keep them. A pad computed from the
-    sequence length keeps its output length: a right pad to a whole number of chunks (linear attention's
-    chunked scan: the unrolled loop over chunks stays as traced; padded tokens are zeros the model
-    slices off) and a negative pad keeping the last k tokens (a conv state). A positive left pad is
-    context of a fixed size and stays."""
+    sequence length keeps its output length: a pure right pad of the sequence to a whole number of chunks
+    (linear attention's chunked scan: the unrolled loop over chunks stays as traced; padded tokens are
+    zeros the model slices off; a pad of 0 too, when L was a whole number of chunks) and a negative pad
+    keeping the last k tokens (a conv state). A positive left pad is context of a fixed size and stays;
+    a pad that also pads another dim is not the sequence's and stays."""
     shape = shape_of(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
     pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
     if shape is None or not isinstance(pad, (tuple, list)):
@@ -66,8 +67,11 @@ def _resized_pad(node: fx.Node, old: int, new: int) -> tuple | None:
         if shape[dim] != old or 2 * pair + 1 >= len(pad):
             continue
         left, right = pad[2 * pair], pad[2 * pair + 1]
-        if left < 0 or (right > 0 and left == 0):
-            pad[2 * pair + (0 if left < 0 else 1)] += old - new
+        others = [v for i, v in enumerate(pad) if i not in (2 * pair, 2 * pair + 1)]
+        if left < 0:
+            pad[2 * pair] += old - new
+        elif left == 0 and right >= 0 and not any(others):  # a pure right pad of the sequence, 0 included
+            pad[2 * pair + 1] += old - new  # (a chunk pad is 0 when L is a whole number of chunks)
     return tuple(pad) if tuple(pad) != original else None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, strategies as st
 
@@ -66,3 +67,21 @@ def test_merged_tokens_stay_in_their_frame_span_and_text_is_kept(case):
             frame_first = int(video[grid_index // per_frame * per_frame])
             text_before = int((text < frame_first).sum())  # the merged token follows exactly these
             assert int(is_text[:slot].sum()) == text_before
+
+
+@pytest.mark.parametrize("pad, expected", [
+    ((0, 0, 0, 23), (0, 0, 0, 39)),   # a chunk pad to 64 of 41 tokens: 25 merged tokens pad to 64 too
+    ((0, 0, 0, 0), (0, 0, 0, 16)),    # L a whole number of chunks: the traced pad of 0 grows as well
+    ((0, 0, -37, 0), (0, 0, -21, 0)), # a conv state keeping the last 4 tokens keeps 4
+    ((0, 0, 3, 0), None),             # a causal left pad of fixed size stays
+    ((0, 1, 0, 0), None),             # a pad of another dim: not the sequence's
+])
+def test_pads_along_the_sequence_keep_their_output_length(pad, expected):
+    from passes.sequence_length import _resized_pad
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    x.meta["example_value"] = torch.empty(1, 41 if pad != (0, 0, 0, 0) else 64, 8)
+    old, new = x.meta["example_value"].shape[1], x.meta["example_value"].shape[1] - 16
+    node = graph.call_function(torch.nn.functional.pad, (x, pad))
+    assert _resized_pad(node, old, new) == expected
