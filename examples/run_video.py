@@ -16,6 +16,7 @@ every stage, count and timing is real.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -186,6 +187,9 @@ def main(argv: list[str] | None = None) -> Run:
     parser.add_argument("--question", default="What happens in this video?")
     parser.add_argument("--out", default="holitom_video.png", help="the picture (PNG) to write")
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("matplotlib") is None:  # before minutes of compiling, not after
+        raise SystemExit("examples/run_video.py draws its picture with matplotlib: pip install -e '.[bench]' "
+                         "(the README's set-up installs it)")
     torch._dynamo.config.capture_scalar_outputs = True
 
     if args.model:
