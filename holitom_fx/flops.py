@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import re
@@ -266,6 +267,32 @@ class GraphCount:
         return self.parts["decoder_layers"] / 1e12
 
 
+@contextlib.contextmanager
+def fake_prefill(model_config: Any, frames: int, dtype: torch.dtype = torch.bfloat16,
+                 model_factory: Callable[..., torch.nn.Module] = fake_model, text_before: int = TEXT_BEFORE,
+                 text_after: int = TEXT_TOKENS - TEXT_BEFORE):
+    """``(model, prefill inputs)`` of ``model_config`` on fake tensors, inside the fake mode (no memory): the
+    video prompt (``text_before`` + ``frames`` of placeholders + ``text_after`` tokens), its attention mask
+    and pixels. Dynamo is reset on entry and on exit."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    from .tiny import video_prompt
+
+    torch._dynamo.reset()
+    try:
+        fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+        model = model_factory(model_config, fake_mode, dtype)
+        ids = video_prompt(model, frames, list(range(1, text_before + 1)), list(range(1, text_after + 1)))
+        size = model_config.vision_config.image_size
+        with fake_mode, torch.no_grad(), torch._dynamo.config.patch(capture_scalar_outputs=True):
+            input_ids = fake_mode.from_tensor(ids, static_shapes=True)
+            yield model, dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                              pixel_values_videos=torch.empty(1, frames, 3, size, size, dtype=dtype))
+    finally:
+        torch._dynamo.reset()
+
+
 def count_prefill_flops(model_config: Any, frames: int, configs: Sequence[HoliTomConfig | None],
                         text_before: int = TEXT_BEFORE, text_after: int = TEXT_TOKENS - TEXT_BEFORE,
                         dtype: torch.dtype = torch.bfloat16, logits_to_keep: int = 1,
@@ -278,18 +305,11 @@ def count_prefill_flops(model_config: Any, frames: int, configs: Sequence[HoliTo
     on the fake inputs with every node's FLOPs counted. ``logits_to_keep=1`` as in ``generate()``'s
     prefill. Resets Dynamo (``torch._dynamo.reset()``) before and after.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.experimental.symbolic_shapes import ShapeEnv
-
     from .backend import HoliTomBackend
-    from .tiny import video_prompt
 
     if not configs:
         return []
     started = time.perf_counter()
-    torch._dynamo.reset()
-    fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
-    model = model_factory(model_config, fake_mode, dtype)
     counters = [_Counter() for _ in configs]
     backends: list[Any] = []
     runs: list[Callable] = []
@@ -309,20 +329,13 @@ def count_prefill_flops(model_config: Any, frames: int, configs: Sequence[HoliTo
             runs.append(backend(gm, list(example_inputs)))
         return runs[0]
 
-    compiled = torch.compile(model, backend=fan_out)
-    ids = video_prompt(model, frames, list(range(1, text_before + 1)), list(range(1, text_after + 1)))
-    size = model_config.vision_config.image_size
-    with fake_mode, torch.no_grad(), torch._dynamo.config.patch(capture_scalar_outputs=True):
-        input_ids = fake_mode.from_tensor(ids, static_shapes=True)
-        pixels = torch.empty(1, frames, 3, size, size, dtype=dtype)
-        compiled(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), pixel_values_videos=pixels,
-                 use_cache=False, logits_to_keep=logits_to_keep)  # runs runs[0]
+    with fake_prefill(model_config, frames, dtype, model_factory, text_before, text_after) as (model, inputs):
+        torch.compile(model, backend=fan_out)(**inputs, use_cache=False, logits_to_keep=logits_to_keep)  # runs[0]
         for run in runs[1:]:
             run(*traced[0][1])
-    torch._dynamo.reset()
+        length = inputs["input_ids"].shape[1]
 
     results = []
-    length = ids.shape[1]
     for config, counter, backend in zip(configs, counters, backends):
         report = backend.last_report if config is not None else None
         if config is not None and report is None:
@@ -354,27 +367,15 @@ def predicted_kv_bytes(tokens_per_layer: Sequence[int], text_config: Any, dtype:
 
 def fake_prefill_kv(model_config: Any, frames: int, config: HoliTomConfig | None,
                     dtype: torch.dtype = torch.bfloat16) -> tuple[int, list[int], Any]:
-    """``kv_cache_bytes`` (and HoliTom's report, None for vanilla) after one prefill ``model(input_ids, pixel_values_videos, use_cache=True)`` of
-    ``model_config`` on fake tensors (no memory): vanilla (``config=None``) or under ``HoliTomBackend(config)``,
-    the rewritten graph run as is. Resets Dynamo before and after."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.experimental.symbolic_shapes import ShapeEnv
-
+    """``kv_cache_bytes`` (and HoliTom's report, None for vanilla) after one prefill ``model(..., use_cache=True)``
+    of ``model_config`` on fake tensors (``fake_prefill``): vanilla (``config=None``) or under
+    ``HoliTomBackend(config)``, the rewritten graph run as is."""
     from .backend import HoliTomBackend
-    from .tiny import video_prompt
 
-    torch._dynamo.reset()
-    fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
-    model = fake_model(model_config, fake_mode, dtype)
-    backend = (lambda gm, _: gm.forward) if config is None else HoliTomBackend(config, compiler="eager").bind(model)
-    ids = video_prompt(model, frames, list(range(1, TEXT_BEFORE + 1)), list(range(1, TEXT_TOKENS - TEXT_BEFORE + 1)))
-    size = model_config.vision_config.image_size
-    with fake_mode, torch.no_grad(), torch._dynamo.config.patch(capture_scalar_outputs=True):
-        input_ids = fake_mode.from_tensor(ids, static_shapes=True)
-        out = torch.compile(model, backend=backend)(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True, logits_to_keep=1,
-            pixel_values_videos=torch.empty(1, frames, 3, size, size, dtype=dtype))
-    torch._dynamo.reset()
+    with fake_prefill(model_config, frames, dtype) as (model, inputs):
+        backend = (lambda gm, _: gm.forward) if config is None else \
+            HoliTomBackend(config, compiler="eager").bind(model)
+        out = torch.compile(model, backend=backend)(**inputs, use_cache=True, logits_to_keep=1)
     report = None if config is None else backend.last_report
     if config is not None and report is None:
         raise RuntimeError(f"HoliTom did not merge the prefill for {config} (fallbacks: {backend.fallbacks})")
