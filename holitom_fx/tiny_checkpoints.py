@@ -43,9 +43,10 @@ def tokenizer(chat_template: str):
     return tok
 
 
-def _text_config(**extra) -> dict:
-    return dict(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6, initializer_range=0.2, **extra)
+def _text_config(**overrides) -> dict:
+    return {**dict(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6, initializer_range=0.2),
+            **overrides}
 
 
 def _save(model, tok, processor, out: str, rename=None) -> str:
@@ -65,8 +66,9 @@ def _eos(model, cfg, ids) -> None:
         owner.eos_token_id, owner.pad_token_id = ids["<|im_end|>"], ids["<|endoftext|>"]
 
 
-def llava_onevision(out: str, seed: int = 0) -> str:
-    """SigLIP 64x64 frames of 8x8 patches pooled to 4x4: 16 tokens a frame, then the newline."""
+def llava_onevision(out: str, seed: int = 0, **text) -> str:
+    """SigLIP 64x64 frames of 8x8 patches pooled to 4x4: 16 tokens a frame, then the newline. ``text``: fields
+    of the Qwen2 text config that differ from the tiny default (a wider LLM for the throughput benchmark)."""
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
                               LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
 
@@ -77,7 +79,7 @@ def llava_onevision(out: str, seed: int = 0) -> str:
     cfg = LlavaOnevisionConfig(
         vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=2, image_size=size, patch_size=patch, vision_use_head=False),
-        text_config=dict(model_type="qwen2", **_text_config()), image_token_index=ids["<image>"],
+        text_config=dict(model_type="qwen2", **_text_config(**text)), image_token_index=ids["<image>"],
         video_token_index=ids["<video>"], vision_feature_select_strategy="full", vision_feature_layer=-1,
         image_grid_pinpoints=pinpoints, vision_aspect_ratio="anyres_max_9", tie_word_embeddings=False)
     model = LlavaOnevisionForConditionalGeneration(cfg).eval()

@@ -195,3 +195,30 @@ def test_serving_example_answers_a_video_request_with_the_merged_prompt(llava_di
     text = len(AutoTokenizer.from_pretrained(llava_dir)(prompt(llava_dir))["input_ids"]) - 1  # less <video>
     assert reported and int(reported[0].split()[2]) == text + merged_video_tokens(8, 16, 1, CONFIG)
     assert "server stopped" in run.stderr
+
+
+def test_throughput_benchmark_serves_every_request_with_the_merged_prompt(tmp_path):
+    """``benchmarks/vllm_throughput.py`` at a smoke size: both engines serve every request at each concurrency,
+    HoliTom's prompts are the merged length, and the table's figures come with their JSON."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "vllm_throughput.py"), "--concurrency",
+                          "1", "3", "--requests", "3", "--frames", "4", "--repeats", "2", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=420)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads((tmp_path / "vllm_throughput.json").read_text())["rows"]
+    assert [(r["engine"], r["concurrency"]) for r in rows] == [
+        ("vanilla", 1), ("holitom", 1), ("vanilla", 3), ("holitom", 3)]
+    config = HoliTomConfig(retain_ratio=0.1, tau=0.8, inner_layer="off")
+    for row in rows:
+        vanilla = next(r for r in rows if r["engine"] == "vanilla" and r["concurrency"] == row["concurrency"])
+        assert row["requests_per_s"] > 0 and row["mean_ttft_ms"] > 0
+        assert row["prompt_tokens_per_s"] == pytest.approx(row["requests_per_s"] * row["prompt_tokens"][0])
+        if row["engine"] == "holitom":
+            [text_and_video] = vanilla["prompt_tokens"]
+            assert row["prompt_tokens"] == [text_and_video - (4 * 16 + 1) + merged_video_tokens(4, 16, 1, config)]
+    assert (tmp_path / "vllm_throughput.png").stat().st_size > 10_000
+    assert "req/s" in run.stdout
