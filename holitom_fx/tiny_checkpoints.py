@@ -128,6 +128,39 @@ def qwen2_5_vl(out: str, seed: int = 0) -> str:
     return _save(model, tok, processor, out)
 
 
+def qwen3_vl(out: str, seed: int = 0) -> str:
+    """Patches of 16, merged 2x2, two frames a temporal patch, deepstack from the first block: a 128x128 frame
+    pair is 16 tokens; the learned position grid is the 8x8 patch grid of a 128x128 frame."""
+    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
+                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+
+    torch.manual_seed(seed)
+    tok = tokenizer(QWEN_TEMPLATE)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
+    cfg = Qwen3VLConfig(
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=128,
+                           num_position_embeddings=64, deepstack_visual_indexes=[0]),
+        text_config=_text_config(head_dim=32, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                               "mrope_section": [6, 5, 5], "mrope_interleaved": True},
+                                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                                 pad_token_id=ids["<|endoftext|>"]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False)
+    model = Qwen3VLForConditionalGeneration(cfg).eval()
+    _eos(model, cfg, ids)
+    size = {"shortest_edge": 64 * 64, "longest_edge": 128 * 128 * 16}
+    kwargs = dict(size=size, patch_size=16, temporal_patch_size=2, merge_size=2)
+    # The released checkpoints normalise images as videos (mean = std = 0.5); vLLM normalises video frames on
+    # the device with the image processor's values, so they must agree for the two engines to see one input.
+    processor = Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**kwargs, image_mean=[0.5] * 3,
+                                                                       image_std=[0.5] * 3), tokenizer=tok,
+                                 video_processor=Qwen3VLVideoProcessor(**kwargs, do_sample_frames=False),
+                                 chat_template=QWEN_TEMPLATE)
+    return _save(model, tok, processor, out)
+
+
 def video(frames: int, size: int, seed: int = 0) -> np.ndarray:
     """``[frames, size, size, 3]`` uint8: a random image drifting sideways, with noise (some tokens static)."""
     rng = np.random.default_rng(seed)

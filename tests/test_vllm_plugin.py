@@ -31,7 +31,8 @@ CONFIG = HoliTomConfig(**SETTINGS, inner_layer="off")
 NEW_TOKENS = 12
 LLAVA = "HoliTomLlavaOnevisionForConditionalGeneration"
 QWEN = "HoliTomQwen2_5_VLForConditionalGeneration"
-QWEN_FPS = 4.0  # 8 frames of 112x112 at 4 fps: time positions 0..3 stay within the spatial 0..3, where
+QWEN3 = "HoliTomQwen3VLForConditionalGeneration"
+QWEN_FPS = 4.0  # Qwen2.5-VL, 8 frames of 112x112 at 4 fps: time positions 0..3 stay within the spatial 0..3, where
 # transformers and vLLM number the text after a video alike (see docs/vllm.md)
 QUESTION = "What happens in the video?"
 
@@ -78,6 +79,8 @@ def transformers_greedy(path: str, clip, config: HoliTomConfig | None) -> tuple[
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
     backend = None
     if config is not None:
+        torch._dynamo.reset()  # each test's model compiles afresh: transformers' shared forward wrapper would
+        # otherwise reach Dynamo's recompile limit across the file's models and run eagerly, unmerged
         backend = HoliTomBackend(config, compiler="eager").bind(model)
         model.compile(backend=backend)
     extra = {"video_metadata": [tiny_checkpoints.metadata(len(clip), QWEN_FPS)]} if is_qwen(path) else {}
@@ -180,6 +183,44 @@ def test_qwen2_5_vl_batch_and_frame_counts_each_equal_their_single_run(qwen_dir,
     assert together == alone
     assert alone[0][0] - alone[2][0] == merged_video_tokens(4, 16, 0, CONFIG) - merged_video_tokens(2, 16, 0, CONFIG)
     assert alone[2] == transformers_greedy(qwen_dir, clips[2], CONFIG)[:2]
+
+
+@pytest.fixture(scope="module")
+def qwen3_dir(tmp_path_factory):
+    return tiny_checkpoints.qwen3_vl(str(tmp_path_factory.mktemp("qwen3_vl")))
+
+
+def test_qwen3_vl_without_holitom_equals_transformers(qwen3_dir):
+    clip = tiny_checkpoints.video(8, 128)
+    [(length, tokens)] = vllm_greedy(engine(qwen3_dir, None), qwen3_dir, [clip])
+    assert (length, tokens) == transformers_greedy(qwen3_dir, clip, None)[:2]
+
+
+@pytest.fixture(scope="module")
+def qwen3_engine(qwen3_dir):
+    return engine(qwen3_dir, QWEN3, max_num_seqs=4)
+
+
+def test_qwen3_vl_merges_like_holitom_fx_in_each_frame_span(qwen3_dir, qwen3_engine):
+    """Each merged token inside its representative's frame span (after that frame's timestamp), at its
+    representative's (t, h, w), the deepstack features merged alike: the prompt's length and the greedy
+    tokens equal transformers + holitom_fx."""
+    clip = tiny_checkpoints.video(8, 128)
+    [(length, tokens)] = vllm_greedy(qwen3_engine, qwen3_dir, [clip])
+    expected_length, expected, backend = transformers_greedy(qwen3_dir, clip, CONFIG)
+    report = backend.last_report
+    assert (report.frames, report.tokens_in, report.tokens_after_outer) == (4, 64, 16)
+    assert length == report.sequence_length[0] - 64 + merged_video_tokens(4, 16, 0, CONFIG) == expected_length
+    assert tokens == expected
+
+
+def test_qwen3_vl_batch_and_frame_counts_each_equal_their_single_run(qwen3_dir, qwen3_engine):
+    clips = [tiny_checkpoints.video(8, 128, seed=1), tiny_checkpoints.video(8, 128, seed=2),
+             tiny_checkpoints.video(4, 128, seed=3)]
+    together = vllm_greedy(qwen3_engine, qwen3_dir, clips)
+    alone = [vllm_greedy(qwen3_engine, qwen3_dir, [clip])[0] for clip in clips]
+    assert together == alone
+    assert alone[2] == transformers_greedy(qwen3_dir, clips[2], CONFIG)[:2]
 
 
 def test_serving_example_answers_a_video_request_with_the_merged_prompt(llava_dir):

@@ -21,6 +21,7 @@ ARCHITECTURES = {
         "holitom_fx.vllm_plugin.llava_onevision:HoliTomLlavaOnevisionForConditionalGeneration",
     "HoliTomQwen2_5_VLForConditionalGeneration":
         "holitom_fx.vllm_plugin.qwen2_5_vl:HoliTomQwen2_5_VLForConditionalGeneration",
+    "HoliTomQwen3VLForConditionalGeneration": "holitom_fx.vllm_plugin.qwen3_vl:HoliTomQwen3VLForConditionalGeneration",
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..config import INNER_OFF, HoliTomConfig
-from ..ops import exact_budget, feature_saliency, outer_merge
+from ..ops import OuterMergeResult, exact_budget, feature_saliency, outer_merge
 
 log = logging.getLogger("holitom_fx.vllm")
 
@@ -54,18 +54,19 @@ def merged_video_tokens(frames: int, tokens_per_frame: int, pass_through: int, c
     return exact_budget(frames, tokens_per_frame, config.retain_ratio) + pass_through
 
 
-def merge_video(grid: torch.Tensor, config: HoliTomConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(tokens [M, E], representatives [M])`` of a ``[T, N, E]`` frame grid: ``outer_merge``, the code the
-    passes insert, run eagerly (vLLM's embedding path is eager, and every request brings its own grid);
-    each token's representative as its flat index ``t*N + n``. Ranked by the feature-norm saliency (vLLM's
-    vision towers do not expose their attention), said once per process."""
+def merge_video(grid: torch.Tensor, config: HoliTomConfig, carried: torch.Tensor | None = None) -> OuterMergeResult:
+    """``outer_merge`` of a ``[T, N, E]`` frame grid, the code the passes insert, run eagerly (vLLM's embedding
+    path is eager, and every request brings its own grid): ``tokens [M, E]``, each token's representative as
+    its flat index ``t*N + n`` (``positions``), and ``carried [T, N, C]`` merged with the same weights (Qwen3-VL's
+    deepstack features). Ranked by the feature-norm saliency (vLLM's vision towers do not expose their
+    attention), said once per process."""
     global _said_saliency
     if not _said_saliency:
         log.info("HoliTom in vLLM ranks visual tokens by feature norm (the vision attention is not exposed)")
         _said_saliency = True
-    out = outer_merge(grid, feature_saliency(grid), config)
+    out = outer_merge(grid, feature_saliency(grid), config, carried)
     expected = merged_video_tokens(grid.shape[0], grid.shape[1], 0, config)
     if out.tokens.shape[0] != expected:  # the scheduler allocated `expected` placeholders: never truncate
         raise RuntimeError(f"HoliTom merged a {tuple(grid.shape[:2])} video into {out.tokens.shape[0]} tokens, "
                            f"the prompt holds {expected} placeholders")
-    return out.tokens, out.positions
+    return out

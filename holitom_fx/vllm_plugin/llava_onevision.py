@@ -39,6 +39,6 @@ class HoliTomLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditional
             if grid_rows % num_frames:
                 raise RuntimeError(f"{grid_rows} video features are not {num_frames} frames of equal size")
             grid = rows[:grid_rows].reshape(num_frames, grid_rows // num_frames, -1)
-            tokens, _ = merge_video(grid, self.holitom)
+            tokens = merge_video(grid, self.holitom).tokens
             merged.append(torch.cat([tokens, rows[grid_rows:].to(tokens.dtype)]))
         return merged

@@ -80,7 +80,8 @@ class HoliTomQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGenerati
         for rows, (frames, height, width), second in zip(video_embeds_split, video_input["video_grid_thw"].tolist(),
                                                          seconds.tolist()):
             grid = rows.reshape(frames, height * width // merge**2, -1)
-            tokens, representatives = merge_video(grid, self.holitom)
+            merged = merge_video(grid, self.holitom)
+            tokens, representatives = merged.tokens, merged.positions
             positions = compute_mrope_for_media(torch.tensor([frames, height, width]), merge,
                                                 tokens_per_second=self.config.vision_config.tokens_per_second,
                                                 video_second_per_grid=second)
