@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
-from passes.context import SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError
+from passes.context import KEPT_SLOTS, SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError
 from passes.dataflow import DataflowView
 from passes.decode_positions import DERIVED_POSITION_SHIFT, POSITION_SHIFT, decode_position_input, is_cache_input
 from passes.frame_grid import GridError
@@ -138,6 +138,7 @@ class HoliTomBackend:
         self._said_saliency_fallback = False
         self._said_fallbacks: set[str] = set()
         self._merged_prefill_seen = False  # a decode graph takes the compact shift inside only after one
+        self._kept_slots: torch.Tensor | None = None  # the slots layers K.. kept in the last (padded) prefill
         _enable_dynamo_capture()
 
     def bind(self, model: torch.nn.Module) -> "HoliTomBackend":
@@ -159,7 +160,7 @@ class HoliTomBackend:
             model = self._traced
         config, layout, classes = model or (None, None, frozenset())
         return GraphContext(self.config, layout, config, vision_classes=classes,
-                            merged_prefill_seen=self._merged_prefill_seen)
+                            merged_prefill_seen=self._merged_prefill_seen, kept_slots=self._kept_slots)
 
     def _compile(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
         ctx = self._context()
@@ -196,6 +197,8 @@ class HoliTomBackend:
         if ctx.video is None and POSITION_SHIFT not in ctx.extra_inputs and position_at is not None \
                 and ctx.positions == "compact":
             runner = self._shifted_after_merge(runner, position_at, device)
+        if KEPT_SLOTS in ctx.extra_inputs:
+            return self._slots_guarded(gm, runner, tuple(ctx.kept_slots.shape))
         check = ctx.video.grid_check if ctx.video is not None else None
         return runner if check is None else self._grid_guarded(gm, runner, check)
 
@@ -243,6 +246,27 @@ class HoliTomBackend:
             return variants[grid](*args)
 
         return run
+
+    def _slots_guarded(self, gm: fx.GraphModule, runner: Callable, shape: tuple[int, ...]) -> Callable:
+        """A decode graph masking a padded prefill's dropped slots, compiled for slots of ``shape``: a later
+        prefill that kept another number of slots gets a variant compiled for its own."""
+        variants = {shape: runner}
+
+        def run(*args):
+            slots = self._kept_slots
+            key = tuple(slots.shape) if slots is not None and slots.shape[0] == shape[0] else shape
+            if key not in variants:
+                variants[key] = self._compile(gm, list(args))
+            return variants[key](*args)
+
+        return run
+
+    def _slots_for(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """The last padded prefill's kept slots, or all visible (an unmerged or batch-1 prefill came last)."""
+        slots = self._kept_slots
+        if slots is not None and tuple(slots.shape) == shape:
+            return slots
+        return torch.ones(shape, dtype=torch.bool, device=device)
 
     def _specializing(self, gm: fx.GraphModule, split_point: bool) -> Callable:
         """A prefill traced with a symbolic length, or spliced at a split point read with ``.item()``
@@ -304,10 +328,14 @@ class HoliTomBackend:
 
             return vision
         video, inner = ctx.video, ctx.inner
-        shifts = [name for name in ctx.extra_inputs if name in (POSITION_SHIFT, DERIVED_POSITION_SHIFT)]
-        if video is None and shifts:  # a decode graph: reads the last prefill's shift
-            values = [self._shift_tensor(name, device) for name in shifts]
-            return lambda *args: compiled(*args, *values)
+        if video is None and ctx.extra_inputs:  # a decode graph: reads the last prefill's shift and kept slots
+            slots_shape = tuple(ctx.kept_slots.shape) if KEPT_SLOTS in ctx.extra_inputs else None
+
+            def decode(*args):
+                return compiled(*args, *(self._slots_for(slots_shape, device) if name == KEPT_SLOTS
+                                         else self._shift_tensor(name, device) for name in ctx.extra_inputs))
+
+            return decode
         if video is None:
             if not prefill:
                 return compiled
@@ -317,6 +345,7 @@ class HoliTomBackend:
                 for shift in shifts:
                     shift.zero_()
                 self._vision_saliency = None  # an image's, or unused: never for a later prefill
+                self._kept_slots = None
                 return compiled(*args)
 
             return unmerged_prefill
@@ -345,6 +374,9 @@ class HoliTomBackend:
         def prefill(*args):
             extra, source = runtime_inputs()
             out = compiled(*args, *extra)
+            self._kept_slots = None
+            if inner is not None and inner.exports_kept_slots:  # a padded batch: full-length caches in layers K..
+                *out, self._kept_slots = out
             for shift, value in shift_values.items():
                 shift.fill_(value)
             self._merged_prefill_seen = True

@@ -22,6 +22,7 @@ WINDOW_END = "holitom_window_end"
 #: tower: the pooled saliency ``[B*T, N]`` and whether it is valid for this call (else feature norm).
 SALIENCY = "holitom_saliency"
 SALIENCY_VALID = "holitom_saliency_valid"
+KEPT_SLOTS = "holitom_kept_slots"  # decode graphs of a padded batch: the slots layers K.. kept ([B, L'] bool)
 
 SDPA_TARGETS = (torch._C._nn.scaled_dot_product_attention, torch.nn.functional.scaled_dot_product_attention)
 
@@ -91,6 +92,7 @@ class InnerSite:
     visual_tokens: int  # after the inner stage
     new_length: int
     outputs: list[fx.Node]  # the merged hidden state and every tensor gathered for layers >= K
+    exports_kept_slots: bool = False  # a padded batch: full-length caches, the kept slots a last extra output
 
 
 @dataclass
@@ -109,6 +111,7 @@ class GraphContext:
     view: Any = None  # the graph's ``passes.dataflow.DataflowView``, refreshed by the manager before each pass
     derived_positions: bool = False  # positions derived in the graph were given their original values
     merged_prefill_seen: bool = False  # this backend merged a prefill: decode graphs take the compact shift inside
+    kept_slots: torch.Tensor | None = None  # the slots the last padded prefill kept in layers K.. ([B, L'] bool)
 
     def __post_init__(self) -> None:
         if self.layout is None:  # no record: everything is read off the graph
@@ -129,6 +132,8 @@ class GraphContext:
             return torch.zeros(self.video.batch * self.video.videos * self.video.frames, self.video.tokens_per_frame)
         if name == SALIENCY_VALID:
             return torch.zeros((), dtype=torch.bool)
+        if name == KEPT_SLOTS:
+            return self.kept_slots
         return torch.zeros((), dtype=torch.long)
 
 

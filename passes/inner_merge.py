@@ -7,7 +7,8 @@ import operator
 import torch
 import torch.fx as fx
 
-from holitom_fx.ops import gather_tokens, inner_kept_count, last_query_attention, last_query_probabilities
+from holitom_fx.ops import (gather_tokens, inner_kept_count, kept_slots, last_query_attention, last_query_probabilities,
+                           restore_dropped_slots)
 from holitom_fx.ops.stages import inner_stage
 
 from .context import (SDPA_TARGETS, GraphContext, InnerSite, RewriteError, is_weight, mark_inserted, sdpa_inputs,
@@ -42,11 +43,14 @@ class InnerMergePass:
         layer = ctx.config.resolve_inner_layer(depth)
         if layer is None:
             return 0
+        traced_length, length = ctx.video.length, ctx.video.new_length  # metadata still holds the traced L
+        caches: list[fx.Node] = []
         if ctx.video.batch > 1:
-            # Layers K.. would keep shorter caches than layers < K; transformers builds one decode
-            # mask from layer 0's cache length, which cannot mask a padded batch's shorter caches.
-            ctx.notes.append("inner stage skipped: batch > 1 (per-layer cache lengths break padded decoding)")
-            return 0
+            caches = self._cache_outputs(graph, layer, traced_length)
+            if caches is None:
+                ctx.notes.append(f"inner stage skipped: batch > 1 needs SDPA attention in layers {layer}.. (their "
+                                 "decode masks hide the cache slots the stage drops)")
+                return 0
         shared = self._reads_keys_from_below(layer)
         if shared is not None:
             ctx.notes.append(f"inner stage skipped: decoder layer {shared} reads the keys and values of a layer "
@@ -56,7 +60,6 @@ class InnerMergePass:
         first = next(n for n in graph.nodes if layer_of.get(n) == layer)
         inputs = {a for n in graph.nodes if layer_of.get(n) == layer for a in n.all_input_nodes
                   if layer_of.get(a) == layer - 1}
-        traced_length, length = ctx.video.length, ctx.video.new_length  # metadata still holds the traced L
         hidden = [a for a in inputs if (shape_of(a) or (0, 0))[:2] == (ctx.video.batch, traced_length)]
         if len(hidden) != 1:
             raise RewriteError(f"cannot tell decoder layer {layer}'s input hidden state apart ({len(hidden)} candidates)")
@@ -97,8 +100,39 @@ class InnerMergePass:
         kept_visual = inner_kept_count(span, ctx.config.inner_ratio)
         ctx.inner = InnerSite(layer=layer, visual_tokens=kept_visual,
                               new_length=length - ctx.video.videos * (span - kept_visual),
-                              outputs=list(replacements.values()))
-        return len(replacements)
+                              outputs=list(replacements.values()), exports_kept_slots=bool(caches))
+        if caches:
+            self._keep_full_length_caches(graph, caches, keep, length)
+        return len(replacements) + len(caches)
+
+    def _cache_outputs(self, graph: fx.Graph, layer: int, traced_length: int) -> list[fx.Node] | None:
+        """The keys and values the graph returns to the cache of every layer from ``layer`` on (``[B, H, L, D]``
+        read by that layer's SDPA call), or None unless each such layer attends with SDPA."""
+        view = self.ctx.view
+        layer_of = view.layers.decoder
+        calls = [n for n, index in layer_of.items() if index >= layer and n.target in SDPA_TARGETS]
+        read = set()
+        for call in calls:
+            _, key, _, _ = sdpa_inputs(call)
+            value = call.kwargs.get("value", call.args[2] if len(call.args) > 2 else None)
+            read |= {key, value} | view.ancestors(key) | view.ancestors(value)
+        output = next(n for n in graph.nodes if n.op == "output")
+        results = output.args[0] if isinstance(output.args[0], (tuple, list)) else ()
+        caches = [r for r in results if isinstance(r, fx.Node) and r in read and layer_of.get(r, -1) >= layer
+                  and len(shape_of(r) or ()) == 4 and shape_of(r)[2] == traced_length]
+        return caches if calls and len(caches) == 2 * len(calls) else None
+
+    def _keep_full_length_caches(self, graph: fx.Graph, caches: list[fx.Node], keep: fx.Node, length: int) -> None:
+        """A padded batch: transformers builds one decode mask from layer 0's cache, so the caches of layers K..
+        keep the prefill's ``length`` slots, the dropped ones zero (prefill savings kept, decode savings given
+        up); the graph returns the kept slots as one more output, which the backend strips and hands to the
+        decode graphs (``DroppedSlotMaskPass``) to mask the dropped ones in layers K..."""
+        output = next(n for n in graph.nodes if n.op == "output")
+        with graph.inserting_before(output):
+            restored = {c: mark_inserted(graph.call_function(restore_dropped_slots, (c, keep, length, 2)))
+                        for c in caches}
+            slots = mark_inserted(graph.call_function(kept_slots, (keep, length)))
+        output.args = ((*(restored.get(r, r) for r in output.args[0]), slots),)
 
     def _reads_keys_from_below(self, layer: int) -> int | None:
         """A decoder layer from ``layer`` on whose attention reads keys made in a layer below it (Gemma 3n/4's

@@ -15,6 +15,7 @@ from .context import GraphContext, RewriteError, propagate_fresh, run_on_real_in
 from .dataflow import DataflowView
 from .decode_positions import DecodePositionPass
 from .derived_positions import DerivedPositionsPass
+from .dropped_slots import DroppedSlotMaskPass
 from .inner_merge import InnerMergePass
 from .outer_merge import OuterMergePass
 from .saliency_export import SaliencyExportPass
@@ -56,7 +57,7 @@ class PassManager:
         self.ctx = ctx
         self.passes = [VisionSaliencyPass(ctx), OuterMergePass(ctx), InnerMergePass(ctx), DerivedPositionsPass(ctx),
                        SequenceLengthPass(ctx),
-                       DecodePositionPass(ctx), SaliencyExportPass(ctx)]
+                       DecodePositionPass(ctx), DroppedSlotMaskPass(ctx), SaliencyExportPass(ctx)]
 
     def __call__(self, gm: fx.GraphModule, example_inputs: list) -> dict[str, int]:
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]

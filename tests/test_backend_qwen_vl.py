@@ -134,10 +134,11 @@ def test_qwen3_without_mask_index_capture_passes_through_and_says_why(caplog):
     assert any("no decoder layer runs in the graph that scatters the video" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("inner_layer", ["off", None], ids=["outer", "both stages"])
 @pytest.mark.parametrize("family", FAMILIES)
 @torch.no_grad()
-def test_batch_of_two_with_left_padding_equals_each_row_alone(family):
-    cfg = HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off")
+def test_batch_of_two_with_left_padding_equals_each_row_alone(family, inner_layer):
+    cfg = HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer=inner_layer)
     model, backend = compiled(family, cfg)
     short, long = inputs_for(model, seed=0), inputs_for(model, before=(1, 2, 3, 4, 5), seed=1)
     pad = long["input_ids"].shape[1] - short["input_ids"].shape[1]
@@ -151,7 +152,9 @@ def test_batch_of_two_with_left_padding_equals_each_row_alone(family):
                  pixel_values_videos=torch.cat([short["pixel_values_videos"], long["pixel_values_videos"]]),
                  video_grid_thw=torch.cat([short["video_grid_thw"], long["video_grid_thw"]]))
     together = greedy(model, batch, 8)
-    assert backend.last_report.batch == 2 and backend.fallbacks == 0
+    report = backend.last_report
+    assert report.batch == 2 and backend.fallbacks == 0
+    assert (report.tokens_after_inner < report.tokens_after_outer) == (inner_layer is None)
     alone = []
     for inputs in (short, long):
         torch._dynamo.reset()

@@ -139,3 +139,32 @@ def gather_tokens(x: torch.Tensor, keep: torch.Tensor, dims: tuple[int, ...]) ->
         target[dim] = kept
         x = x.gather(dim, keep.view(index_shape).expand(target))
     return x
+
+
+def restore_dropped_slots(x: torch.Tensor, keep: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """``x`` with the ``L''`` tokens ``keep[B, L'']`` kept by the inner stage put back at their indices in a
+    sequence of ``length`` along ``dim`` (batch first), zeros in the dropped slots: a padded batch's cache of
+    layers K.. keeps the prefill's full length, its dropped slots masked (``mask_dropped_slots``)."""
+    index_shape = [keep.shape[0]] + [1] * (x.dim() - 1)
+    index_shape[dim] = keep.shape[1]
+    target = list(x.shape)
+    target[dim] = length
+    return x.new_zeros(target).scatter(dim, keep.view(index_shape).expand(x.shape), x)
+
+
+def kept_slots(keep: torch.Tensor, length: int) -> torch.Tensor:
+    """``[B, length]`` bool: the slots of the tokens ``keep[B, L'']`` the inner stage kept."""
+    return keep.new_zeros(keep.shape[0], length, dtype=torch.bool).scatter(1, keep, True)
+
+
+def mask_dropped_slots(mask: torch.Tensor | None, slots: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """An SDPA mask that also hides the slots the inner stage dropped: ``slots[B, L']`` (True: kept) covers
+    the prefill's keys, every key after them (decoded tokens) stays visible. ``mask``: None, bool (True:
+    attend) or additive float, broadcastable to ``[B, H, q, kv]``; ``key``: ``[B, H, kv, D]``."""
+    decoded = slots.new_ones(slots.shape[0], key.shape[-2] - slots.shape[1])
+    visible = torch.cat([slots, decoded], dim=1)[:, None, None, :]
+    if mask is None:
+        return visible
+    if mask.dtype == torch.bool:
+        return mask & visible
+    return mask.masked_fill(~visible, torch.finfo(mask.dtype).min)
