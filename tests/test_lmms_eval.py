@@ -10,7 +10,6 @@ in a virtualenv of its own (``.ci/lmms_eval_env``, docs/lmms_eval.md).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -19,23 +18,23 @@ import sys
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the checkpoints and the task are local files
-lmms_eval = pytest.importorskip("lmms_eval", reason="lmms-eval is not installed here (.ci/run tests it in a "
-                                                    "virtualenv of its own: .ci/lmms_eval_env)")
+pytest.importorskip("lmms_eval", reason="lmms-eval is not installed here (.ci/run tests it in a virtualenv of "
+                                         "its own: .ci/lmms_eval_env)")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub imports: the checkpoints and task are local
 
 from lmms_eval.evaluator import simple_evaluate  # noqa: E402
 from lmms_eval.models import get_model  # noqa: E402
 from lmms_eval.tasks import TaskManager  # noqa: E402
 
 from holitom_fx import tiny_checkpoints  # noqa: E402
-from holitom_fx.lmms_eval_plugin import HoliTom, HoliTomChat, load  # noqa: E402
+from holitom_fx.lmms_eval_plugin.model import HoliTom, HoliTomChat, load  # noqa: E402
 
 TASK = "holitom_tiny_video_qa"
 FRAMES, SIZE = 8, 112  # LLaVA's processor resizes to 64x64: 16 tokens a frame; Qwen: 16 per pair of frames
 CLIPS = 4
 SETTINGS = {"retain_ratio": 0.25, "tau": 0.8}
-LLAVA_ARGS = {"pretrained": None, "device": "cpu", "device_map": "cpu", "dtype": "float32", "max_frames_num": FRAMES}
-QWEN_ARGS = "device_map=cpu,max_num_frames=8,min_pixels=3136,max_pixels=12544"
+LLAVA_ARGS = {"device": "cpu", "device_map": "cpu", "dtype": "float32", "max_frames_num": FRAMES}
+QWEN_ARGS = f"device_map=cpu,max_num_frames={FRAMES},min_pixels=3136,max_pixels=12544"  # 112x112 frames
 SCORE = "exact_match,none"
 
 
@@ -115,13 +114,13 @@ def test_bad_model_args_are_refused_before_the_checkpoint_loads(args, message):
 
 def test_api_llava_onevision_with_holitom_on_and_off(workdir):
     """The simple form of ``llava_hf`` (frames sampled by lmms-eval), evaluated with HoliTom and without."""
-    args = {**LLAVA_ARGS, "pretrained": str(workdir / "llava")}
-    off = load("llava_hf", holitom=False, force_simple=True, **args, **SETTINGS)
+    args = {**LLAVA_ARGS, "pretrained": str(workdir / "llava"), **SETTINGS}
+    off = load("llava_hf", holitom=False, force_simple=True, **args)
     score, answers = evaluate(off, workdir)
     assert 0.0 <= score <= 1.0 and len(answers) == CLIPS and all(answers)
     assert off.holitom_backend is None and off.last_report is None
 
-    on = load("llava_hf", force_simple=True, **args, **SETTINGS)
+    on = load("llava_hf", force_simple=True, **args)
     score, answers = evaluate(on, workdir)
     assert 0.0 <= score <= 1.0 and len(answers) == CLIPS and all(answers)
     report = on.last_report
@@ -140,11 +139,11 @@ def test_cli_qwen2_5_vl_chat_form_with_holitom(workdir):
     done = subprocess.run(
         [sys.executable, "-m", "lmms_eval", "--model", "holitom", "--model_args", model_args, "--tasks", TASK,
          "--include_path", str(workdir / "task"), "--batch_size", "1", "--device", "cpu", "--output_path",
-         str(out), "--log_samples"],
+         str(out)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HOME": str(workdir / "hf_home")})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    [results] = glob.glob(str(out / "**" / "*_results.json"), recursive=True)
-    results = json.loads(open(results).read())
+    [results] = out.glob("**/*_results.json")
+    results = json.loads(results.read_text())
     assert 0.0 <= results["results"][TASK][SCORE] <= 1.0
     assert results["config"]["model"] == "holitom" and "retain_ratio=0.25" in results["config"]["model_args"]
     line = re.search(r"HoliTom, last prefill of (\d+) request\(s\): (\d+) visual tokens per row, (\d+) after the "

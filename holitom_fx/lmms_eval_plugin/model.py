@@ -1,22 +1,8 @@
-"""HoliTom in lmms-eval (0.7.3): ``--model holitom --model_args base=NAME,...`` evaluates any lmms-eval model
-class that keeps a transformers model in ``.model`` (``llava_hf``, ``qwen2_5_vl``, ...) with HoliTom on.
+"""The ``holitom`` model lmms-eval builds: ``base``'s own lmms-eval class, its loaded model compiled with HoliTom.
 
-    python -m lmms_eval --model holitom --force_simple \\
-        --model_args base=llava_hf,pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf,device_map=cuda:0,retain_ratio=0.1 \\
-        --tasks mvbench --batch_size 1
-
-``base`` names the lmms-eval model; the HoliTomConfig fields (``retain_ratio``, ``tau``, ``inner_layer``, ...)
-are HoliTom's settings; ``holitom=False`` switches HoliTom off (the baseline, same prompts and loading);
-every other key goes to ``base``'s own class, which loads the checkpoint exactly as ``--model NAME`` would.
-The loaded model is then compiled in place by :func:`holitom_fx.compile`; the model's source is not touched.
 The instance lmms-eval gets is of a subclass of ``base``'s class (built per base class), so everything
 lmms-eval does with ``--model NAME`` (simple or chat requests, accelerate, ``task_dict``) works unchanged;
-its ``last_report`` is the backend's report of the last merged prefill.
-
-lmms-eval finds the model through the ``lmms_eval.models`` entry point (:func:`manifest`), as ``holitom``:
-its chat form is the default, ``--force_simple`` picks the simple one; ``base`` is then resolved the same
-way (its chat class unless ``--force_simple``, each falling back to the other where a base has one only).
-``holitom_fx`` never imports this module; it needs lmms-eval installed (see docs/lmms_eval.md).
+its ``last_report`` is the backend's report of the last merged prefill. Needs lmms-eval installed.
 """
 
 from __future__ import annotations
@@ -29,30 +15,19 @@ from typing import Any
 
 import torch
 from lmms_eval.api.model import lmms
+from lmms_eval.models import get_model
 from loguru import logger as log  # lmms-eval's logger: its CLI shows and filters it (--verbosity)
 
 import holitom_fx
 from holitom_fx.config import HoliTomConfig
 
-#: The model name registered with lmms-eval.
-MODEL_NAME = "holitom"
+from . import MODEL_NAME
+
 #: model_args keys taken by HoliTom itself: its settings, plus ``base`` and the on/off switch.
 SETTINGS = tuple(field.name for field in dataclasses.fields(HoliTomConfig))
 _OWN_KEYS = ("base", "holitom")
 #: Keys lmms-eval itself passes to every model (from --batch_size, --max_batch_size, --device).
 _LMMS_EVAL_KEYS = ("batch_size", "max_batch_size", "device")
-
-
-def manifest():
-    """The ``lmms_eval.models`` entry point: ``holitom``, in its chat and simple forms.
-
-    lmms-eval loads entry points while ``lmms_eval.models`` is still importing: only the manifest is built
-    here, the classes are imported when ``--model holitom`` is asked for.
-    """
-    from lmms_eval.models.registry_v2 import ModelManifest
-
-    return ModelManifest(model_id=MODEL_NAME, simple_class_path=f"{__name__}.HoliTom",
-                         chat_class_path=f"{__name__}.HoliTomChat")
 
 
 def load(base: str | None = None, *, holitom: bool = True, force_simple: bool = False, **kwargs: Any) -> lmms:
@@ -62,8 +37,6 @@ def load(base: str | None = None, *, holitom: bool = True, force_simple: bool = 
     naming it (before any checkpoint loads), as is a bad setting (HoliTomConfig names the field).
     ``holitom=False`` builds the same model uncompiled. ``force_simple`` picks ``base``'s simple class.
     """
-    from lmms_eval.models import get_model  # not at import: the entry point loads this module mid-import
-
     if not isinstance(base, str) or not base or base == MODEL_NAME:
         raise ValueError(f"--model {MODEL_NAME} needs base=NAME in --model_args, NAME an lmms-eval model that keeps "
                          f"a transformers model (e.g. base=llava_hf or base=qwen2_5_vl), got base={base!r}")
