@@ -94,7 +94,7 @@ class _HoliTomModel:
         return out
 
     def _log_report(self, requests: int) -> None:
-        """One line per batch of requests, so a CLI run shows what HoliTom did (or that it did nothing)."""
+        """One line per call (all requests of one type), so a CLI run shows what HoliTom did, or that it did nothing."""
         if self.holitom_backend is None:
             return
         r = self.last_report
