@@ -30,3 +30,13 @@ def test_importing_passes_first_forms_no_cycle():
 
 def test_backend_string_resolves_to_the_default_backend():
     assert lookup_backend("holitom") is holitom_fx.holitom_backend
+
+
+def test_the_lmms_eval_entry_point_imports_neither_lmms_eval_nor_torch():
+    """lmms-eval loads its entry points while ``lmms_eval.models`` imports, for every command (listing tasks
+    too): the entry point's package stays light, and imports where lmms-eval is not installed."""
+    code = ("import sys, holitom_fx.lmms_eval_plugin as plugin; "
+            "print(plugin.MODEL_NAME, [name for name in ('torch', 'lmms_eval') if name in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                          cwd=PASSES.parent)
+    assert done.stdout.split() == ["holitom", "[]"]
