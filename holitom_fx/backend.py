@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensor
 
 from passes.context import KEPT_SLOTS, SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError
 from passes.dataflow import DataflowView
@@ -190,7 +191,7 @@ class HoliTomBackend:
             log.log(logging.INFO if _is_prefill(view) or placement is not None else logging.DEBUG,
                     "HoliTom did nothing on a graph of %d nodes: %s", record.nodes, "; ".join(ctx.notes) or "-")
         device = next((x.device for x in example_inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
-        placeholders = [ctx.runtime_input(name).to(device) for name in ctx.extra_inputs]
+        placeholders = _static_examples(gm, [ctx.runtime_input(name).to(device) for name in ctx.extra_inputs])
         compiled = self._compiler(rewritten, list(example_inputs) + placeholders)
         runner = self._runtime(compiled, ctx, device, _is_prefill(view))
         position_at = decode_position_input(gm.graph)
@@ -395,6 +396,16 @@ class HoliTomBackend:
             return out
 
         return prefill
+
+
+def _static_examples(gm: fx.GraphModule, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The examples of HoliTom's runtime inputs as static fakes of Dynamo's fake mode: a real tensor would be
+    given sizes of its own symbols there, with no source a guard could read them from."""
+    fake = next((value for node in gm.graph.find_nodes(op="placeholder")
+                 if isinstance(value := node.meta.get("example_value"), FakeTensor)), None)
+    if fake is None or fake.fake_mode.shape_env is None:
+        return tensors
+    return [fake.fake_mode.from_tensor(t, static_shapes=True) for t in tensors]
 
 
 def _is_prefill(view: DataflowView) -> bool:

@@ -83,9 +83,10 @@ def test_no_added_graph_breaks_and_no_recompilation():
     assert holitom[0] == plain[0] and holitom[1] == holitom[0]
 
 
+@pytest.mark.parametrize("cfg", [OUTER, HoliTomConfig(retain_ratio=0.5, tau=0.8)], ids=["outer", "both stages"])
 @torch.no_grad()
-def test_batch_of_two_with_left_padding_equals_each_row_alone():
-    model, backend = compiled(OUTER)
+def test_batch_of_two_with_left_padding_equals_each_row_alone(cfg):
+    model, backend = compiled(cfg)
     short = glm_inputs()
     extra = torch.tensor([[1, 2]])  # two more text tokens in front: the rows differ in length
     long = dict(short, input_ids=torch.cat([extra, short["input_ids"]], 1),
@@ -95,8 +96,10 @@ def test_batch_of_two_with_left_padding_equals_each_row_alone():
     batch = {key: torch.cat([left_pad(short[key], extra.shape[1]), long[key]])
              for key in ("input_ids", "attention_mask", "mm_token_type_ids")}
     batch.update({key: torch.cat([short[key], long[key]]) for key in ("pixel_values_videos", "video_grid_thw")})
-    assert_batch_equals_each_row_alone(model, batch, (short, long), lambda: compiled(OUTER)[0])
-    assert backend.last_report.batch == 2 and backend.fallbacks == 0
+    assert_batch_equals_each_row_alone(model, batch, (short, long), lambda: compiled(cfg)[0])
+    report = backend.last_report
+    assert report.batch == 2 and backend.fallbacks == 0
+    assert (report.tokens_after_inner < report.tokens_after_outer) == cfg.inner_enabled
 
 
 @torch.no_grad()

@@ -134,9 +134,9 @@ def test_prefill_and_generate_match_the_eager_reference_pipeline(cfg):
     assert report.boundary and "masked_scatter" in report.boundary
 
 
-def assert_padded_batch_equals_each_row_alone(cfg: HoliTomConfig, **compile_kwargs):
+def assert_padded_batch_equals_each_row_alone(cfg: HoliTomConfig, **compile_kwargs) -> HoliTomBackend:
     """Batch 2 with left padding (exact budget) generates what each row generates alone."""
-    model, _ = compiled_model(cfg, **compile_kwargs)
+    model, backend = compiled_model(cfg, **compile_kwargs)
     short = video_inputs(model, before=(1, 2, 3), seed=0)
     long = video_inputs(model, before=(1, 2, 3, 4, 5), seed=1)
     pad = long["input_ids"].shape[1] - short["input_ids"].shape[1]
@@ -152,11 +152,23 @@ def assert_padded_batch_equals_each_row_alone(cfg: HoliTomConfig, **compile_kwar
         single, _ = compiled_model(cfg, **compile_kwargs)
         alone += greedy(single, inputs, 8)
     assert together == alone
+    return backend
 
 
 @torch.no_grad()
 def test_batch_of_two_with_left_padding_equals_each_row_alone():
     assert_padded_batch_equals_each_row_alone(HoliTomConfig(retain_ratio=0.25, tau=0.8, inner_layer="off"))
+
+
+@torch.no_grad()
+def test_batch_of_two_with_left_padding_merges_both_stages_and_equals_each_row_alone():
+    """The inner stage in a padded batch: layers K.. keep full-length caches whose dropped slots every decode
+    graph masks; each row generates what it generates alone (where layers K.. keep short caches)."""
+    backend = assert_padded_batch_equals_each_row_alone(HoliTomConfig(retain_ratio=0.25, tau=0.8))
+    report = backend.last_report
+    assert report.batch == 2 and report.tokens_after_inner < report.tokens_after_outer and backend.fallbacks == 0
+    decode = [g for g in backend.graphs if g.boundary is None]
+    assert decode and all(g.rewrites["DroppedSlotMaskPass"] > 0 for g in decode)
 
 
 def assert_generate_matches_reference_with_vision_saliency(factory=tiny_llava_onevision) -> HoliTomBackend:

@@ -104,16 +104,19 @@ def test_generate_matches_the_eager_reference_and_a_new_grid_is_read_per_call():
     assert backend.fallbacks == 0 and report.saliency == "feature norm" and backend.saliency_fallbacks >= 1
 
 
+@pytest.mark.parametrize("cfg", [OUTER, HoliTomConfig(retain_ratio=0.5, tau=0.8)], ids=["outer", "both stages"])
 @torch.no_grad()
-def test_batch_of_two_with_left_padding_equals_each_row_alone():
-    model, backend = compiled(OUTER)
+def test_batch_of_two_with_left_padding_equals_each_row_alone(cfg):
+    model, backend = compiled(cfg)
     short, long = video_inputs(model, seed=0), video_inputs(model, before=(1, 2, 3, 4, 5), seed=1)
     pad = long["input_ids"].shape[1] - short["input_ids"].shape[1]
     batch = {key: torch.cat([left_pad(short[key], pad), long[key]]) for key in ("input_ids", "attention_mask")}
     batch.update({key: torch.cat([short[key], long[key]])
                   for key in ("pixel_values_videos", "video_grid_thw", "video_merge_sizes")})
-    assert_batch_equals_each_row_alone(model, batch, (short, long), lambda: compiled(OUTER)[0])
-    assert backend.last_report.batch == 2 and backend.fallbacks == 0
+    assert_batch_equals_each_row_alone(model, batch, (short, long), lambda: compiled(cfg)[0])
+    report = backend.last_report
+    assert report.batch == 2 and backend.fallbacks == 0
+    assert (report.tokens_after_inner < report.tokens_after_outer) == cfg.inner_enabled
 
 
 @torch.no_grad()

@@ -2,7 +2,9 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from holitom_fx.ops import inner_kept_count, inner_merge
+import torch.nn.functional as F
+
+from holitom_fx.ops import inner_kept_count, inner_merge, kept_slots, mask_dropped_slots, restore_dropped_slots
 
 from . import reference_holitom as ref
 
@@ -84,3 +86,42 @@ def test_inner_merge_over_scattered_visual_tokens_equals_the_sequential_fold(inp
     expected, expected_keep = ref.inner_merge_loop(hidden, attention, [0] * hidden.shape[0], span, ratio, rows)
     assert keep.tolist() == expected_keep
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@st.composite
+def padded_caches(draw):
+    """Short per-row caches ``[B, H, L'', D]`` of the kept tokens ``keep[B, L'']`` (a different set per row) out of
+    ``L'`` prefill slots, a query of one decoded token, and its own key/value."""
+    batch, heads, dim = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.sampled_from([4, 8]))
+    length = draw(st.integers(2, 12))
+    kept = draw(st.integers(1, length))
+    seed = draw(st.integers(0, 2**16))
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.stack([torch.randperm(length, generator=generator)[:kept].sort().values for _ in range(batch)])
+    short = [torch.randn(batch, heads, kept, dim, generator=generator) for _ in range(2)]
+    new = [torch.randn(batch, heads, 1, dim, generator=generator) for _ in range(3)]
+    padding = draw(st.booleans())
+    return keep, length, short, new, padding
+
+
+@given(padded_caches())
+def test_full_length_caches_with_dropped_slots_masked_attend_as_the_short_caches(case):
+    """A padded batch's decode step over the restored full-length cache, dropped slots masked, equals attention
+    over the short cache of kept tokens alone (what a batch-1 run keeps)."""
+    keep, length, (key, value), (query, new_key, new_value), padding = case
+    slots = kept_slots(keep, length)
+    assert slots.sum(1).tolist() == [keep.shape[1]] * keep.shape[0]
+    full_key = torch.cat([restore_dropped_slots(key, keep, length, 2), new_key], 2)
+    full_value = torch.cat([restore_dropped_slots(value, keep, length, 2), new_value], 2)
+    torch.testing.assert_close(full_key[:, :, :length].gather(2, keep[:, None, :, None].expand_as(key)), key,
+                               rtol=0, atol=0)
+    expected = F.scaled_dot_product_attention(query, torch.cat([key, new_key], 2), torch.cat([value, new_value], 2))
+    # a layer's own mask: everything visible (bool), or the same as additive zeros (float)
+    mask = torch.ones(keep.shape[0], 1, 1, length + 1, dtype=torch.bool) if padding else None
+    for given_mask in (mask, None if mask is None else torch.zeros(mask.shape)):
+        masked = mask_dropped_slots(given_mask, slots, full_key)
+        got = F.scaled_dot_product_attention(query, full_key, full_value, attn_mask=masked)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    unmasked = F.scaled_dot_product_attention(query, full_key, full_value)
+    if keep.shape[1] < length:  # the mask is what makes them equal
+        assert not torch.allclose(unmasked, expected, atol=1e-5)
