@@ -7,6 +7,7 @@ graph; :attr:`Segmentation.segments` turns it into the ``[S, 2]`` list eagerly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,12 +67,25 @@ def window_profit(similarity: torch.Tensor, tau: float, max_window: int) -> torc
     return static.sum(-1) * lengths[None, :]
 
 
+#: "No path" in the DP's (max, +) algebra: far below any profit sum, and its sum with itself stays an int32.
+_NO_PATH = -(2**29)
+
+
+def _max_plus_square(paths: torch.Tensor) -> torch.Tensor:
+    """``out[a, c] = max_b paths[a, b] + paths[b, c]``: best paths of up to twice as many windows."""
+    return (paths[:, :, None] + paths[None, :, :]).amax(1)
+
+
 def segment_frames(similarity: torch.Tensor, tau: float, max_window: int) -> Segmentation:
     """Partition frames into windows of length <= ``max_window`` maximising removed tokens.
 
-    ``dp[i] = max_{w=1..min(i+1, W)} dp[i-w] + P(i-w+1, i)`` with ``P`` of a one-frame window 0.
-    Tie-break (the reference's): the candidate with the shortest window wins, so the
-    single-frame option wins every tie. The loop runs over frames only (traced, bounded by T).
+    ``dp[i] = max_{w=1..min(i+1, W)} dp[i-w] + P(i-w+1, i)`` with ``P`` of a one-frame window 0: the
+    longest path over nodes 0..T (node j: frames before j done) whose edges j -> i+1 are the windows
+    [j, i]. It is found without a loop over frames, so the traced graph does not grow with them:
+    ``ceil(log2 T)`` (max, +) squarings of the ``[T+1, T+1]`` edge matrix (O(T^3 log T) integer work on a
+    matrix of frames, no host sync), then each frame's best window from the ``dp`` values at once, and
+    the optimal windows by pointer doubling from the last frame. Tie-break (the reference's): the
+    candidate with the shortest window wins, so the single-frame option wins every tie.
     """
     if similarity.dim() != 2:
         raise ValueError(f"similarity must be [T-1, N], got shape {tuple(similarity.shape)}")
@@ -79,29 +93,33 @@ def segment_frames(similarity: torch.Tensor, tau: float, max_window: int) -> Seg
         raise ValueError(f"max_window must be >= 1, got {max_window}")
     num_frames = similarity.shape[0] + 1
     device = similarity.device
-    profit = window_profit(similarity, tau, max_window)
+    profit = window_profit(similarity, tau, max_window).to(torch.int32)
     width = profit.shape[1]
+    rounds = max(1, math.ceil(math.log2(num_frames)))
 
-    # dp_padded[j] = dp[j - 1], dp[-1] = 0.
-    dp_padded = torch.zeros(1, dtype=torch.long, device=device)
-    choices = []
-    for i in range(num_frames):
-        reach = min(i + 1, width)
-        candidates = dp_padded[i + 1 - reach: i + 1].flip(0) + profit[i, :reach]
-        best, choice = candidates.max(0)  # first maximum: shortest window
-        dp_padded = torch.cat([dp_padded, best[None]])
-        choices.append(choice)
-    window_length = torch.stack(choices) + 1
+    # edges[j, e]: window [j, e-1] (length e - j, 1..width) with its profit; staying at a node costs 0.
+    nodes = torch.arange(num_frames + 1, device=device)
+    length = nodes[None, :] - nodes[:, None]
+    window = profit[(nodes[None, :] - 1).clamp(min=0), (length - 1).clamp(0, width - 1)]
+    paths = torch.where((length >= 1) & (length <= width), window, _NO_PATH)
+    paths = torch.where(length == 0, 0, paths)
+    for _ in range(rounds):  # log2 T squarings: every path of up to T windows
+        paths = _max_plus_square(paths)
+    dp_padded = paths[0]  # dp_padded[j] = dp[j - 1], dp[-1] = 0
 
-    # Backtrack from the last frame without host syncs: T bounded steps on tensors.
     frames = torch.arange(num_frames, device=device)
-    is_end = torch.zeros(num_frames, dtype=torch.bool, device=device)
-    cursor = torch.full((1,), num_frames - 1, dtype=torch.long, device=device)
-    for _ in range(num_frames):
-        live = cursor >= 0
-        here = cursor.clamp(min=0)
-        is_end = is_end | ((frames == here) & live)
-        cursor = torch.where(live, cursor - window_length.gather(0, here), cursor)
+    starts = frames[:, None] - torch.arange(width, device=device)[None, :]  # window [start, frame]
+    candidates = torch.where(starts >= 0, dp_padded[starts.clamp(min=0)] + profit, _NO_PATH)
+    window_length = candidates.argmax(1) + 1  # first maximum: shortest window
+
+    # The optimal windows' ends: the frames reached from the last one by jumping back a window at a time
+    # (node k = frame k - 1; node 0, before the first frame, ends the walk), 2^r jumps after r doublings.
+    jump = torch.cat([nodes[:1], nodes[1:] - window_length])
+    reached = nodes == num_frames
+    for _ in range(rounds):
+        reached = reached | (torch.zeros_like(nodes).index_add(0, jump, reached.long()) > 0)
+        jump = jump[jump]
+    is_end = reached[1:]
 
     is_start = torch.cat([torch.ones(1, dtype=torch.bool, device=device), is_end[:-1]])
     segment_id = is_start.long().cumsum(0) - 1
@@ -113,7 +131,7 @@ def segment_frames(similarity: torch.Tensor, tau: float, max_window: int) -> Seg
         window_start=seg_start[segment_id],
         window_end=seg_end[segment_id],
         segment_id=segment_id,
-        removed=dp_padded[-1],
+        removed=dp_padded[-1].long(),
     )
 
 
