@@ -46,8 +46,9 @@ def kept_tail(node: fx.Node) -> int | None:
         return None
     whole = slice(None, None, None)
     tail = index[2]
-    if any(not isinstance(i, slice) or i != whole for i in index[:2] + index[3:]) or not isinstance(tail, slice) \
-            or not isinstance(tail.start, int) or tail.start >= 0 or tail.stop is not None or tail.step not in (None, 1):
+    if any(not isinstance(i, slice) or i != whole for i in index[:2] + index[3:]) or not isinstance(tail, slice):
+        return None
+    if not isinstance(tail.start, int) or tail.start >= 0 or tail.stop is not None or tail.step not in (None, 1):
         return None
     return -tail.start
 
