@@ -51,6 +51,9 @@ GENERATIVE_MAPPINGS = ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "MODEL_FOR_
                        "MODEL_FOR_VIDEO_TEXT_TO_TEXT_MAPPING_NAMES")
 
 TEXT_WIDTH, VISION_LAYERS, TEXT_LAYERS, VOCAB = 64, 2, 4, 256
+#: Window of sliding-window attention layers: the tiny prompts (40-80 tokens) still fill it after the merge, as
+#: real video prompts fill real windows (``passes.sliding_window`` merges only then).
+SLIDING_WINDOW = 16
 FRAMES = 4  # frames of the clip (Qwen-style towers: temporal patches x temporal_patch_size)
 SEED = 0
 
@@ -320,7 +323,8 @@ def _shrink(d: dict, is_vision: bool) -> None:
         elif _is_int(d.get(key)) and not -VISION_LAYERS <= d[key] < VISION_LAYERS:
             d[key] = -1
     if _is_int(d.get("sliding_window")):
-        d["sliding_window"] = min(d["sliding_window"], 4096)
+        sliding = any("sliding" in str(kind) for kind in d.get("layer_types") or ())
+        d["sliding_window"] = min(d["sliding_window"], SLIDING_WINDOW if sliding else 4096)
     if _is_int(d.get("head_dim")):
         _shrink_rope(d, d["head_dim"])
     elif _is_int(d.get("hidden_size")) and _is_int(d.get("num_attention_heads")):

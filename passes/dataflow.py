@@ -79,6 +79,11 @@ class DataflowView:
         distance = nx.single_source_shortest_path_length(self.digraph.reverse(copy=False), node, cutoff=steps)
         return sorted(distance, key=lambda n: (distance[n], -self.order[n]))
 
+    @functools.cached_property
+    def outputs(self) -> list[fx.Node]:
+        """The nodes the graph returns (what Dynamo's residual code stores back: cache tensors, results)."""
+        return [n for n in self.graph.nodes if any(user.op == "output" for user in n.users)]
+
     def reaches(self, source: fx.Node, target: fx.Node) -> bool:
         return source is target or source in self.ancestors(target)
 

@@ -33,7 +33,7 @@ def is_cache_input(node: fx.Node) -> bool:
 def is_sliding_window_cache_input(node: fx.Node) -> bool:
     """A cache layer's sliding-window size, lifted as an integer scalar input (transformers'
     ``DynamicSlidingWindowLayer``). Such a layer counts its tokens in a Python int that Dynamo replays at the
-    traced length, which the graph cannot change."""
+    traced length, which the graph cannot change (``passes.sliding_window``)."""
     value = tensor_of(node)
     return node.op == "placeholder" and "cache" in node.name.lower() and "sliding_window" in node.name and \
         value is not None and value.dim() == 0 and not value.is_floating_point()

@@ -20,6 +20,7 @@ from .inner_merge import InnerMergePass
 from .outer_merge import OuterMergePass
 from .saliency_export import SaliencyExportPass
 from .sequence_length import SequenceLengthPass
+from .sliding_window import SlidingWindowPass
 from .vision_saliency import VisionSaliencyPass
 
 log = logging.getLogger("holitom_fx.passes")
@@ -55,7 +56,8 @@ class PassManager:
 
     def __init__(self, ctx: GraphContext):
         self.ctx = ctx
-        self.passes = [VisionSaliencyPass(ctx), OuterMergePass(ctx), InnerMergePass(ctx), DerivedPositionsPass(ctx),
+        self.passes = [VisionSaliencyPass(ctx), OuterMergePass(ctx), InnerMergePass(ctx), SlidingWindowPass(ctx),
+                       DerivedPositionsPass(ctx),
                        SequenceLengthPass(ctx),
                        DecodePositionPass(ctx), DroppedSlotMaskPass(ctx), SaliencyExportPass(ctx)]
 

@@ -17,7 +17,6 @@ from .context import (SALIENCY, SALIENCY_VALID, WINDOW_END, GridCheck, GraphCont
                       is_weight, mark_inserted, shape_of)
 from .frame_grid import GridError, rope_frame_grid, span_frame_grid
 from .dataflow import DataflowView, is_integer
-from .decode_positions import is_sliding_window_cache_input
 from .module_stack import module_path
 
 def known_video_ids(ctx: GraphContext) -> tuple[tuple[int, ...], bool]:
@@ -53,13 +52,6 @@ def _add_placeholder(graph: fx.Graph, name: str) -> fx.Node:
         return mark_inserted(graph.placeholder(name))
 
 
-def _has_sliding_layers(model_config) -> bool:
-    """The model's config declares sliding-window layers: its cache may be built inside the traced call,
-    where no cache input shows it."""
-    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    return any("sliding" in str(kind) for kind in getattr(text, "layer_types", None) or ())
-
-
 class OuterMergePass:
     """Insert ``outer_stage`` right after the video boundary and reroute every later read of the sequence."""
 
@@ -83,11 +75,6 @@ class OuterMergePass:
                              "the boundary); for Qwen3-VL set torch._dynamo.config.capture_dynamic_output_shape_ops"
                              "=True (a HoliTom backend sets it when created)")
             return 0
-        if any(is_sliding_window_cache_input(n) for n in graph.find_nodes(op="placeholder")) or \
-                _has_sliding_layers(ctx.model_config):
-            raise RewriteError("the cache's sliding-window layers count their tokens in Python (cumulative_length), "
-                               "which Dynamo replays at the traced length: decoding after a merged prefill would "
-                               "mask the wrong keys")
         if shape_of(sequence) is None or len(shape_of(sequence)) != 3 or shape_of(features) is None:
             raise RewriteError(f"the sequence at {scatter.name} is not [B, L, E] with static shapes")
         if mask is None:  # concatenated in: the features' span is the mask

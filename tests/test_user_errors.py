@@ -13,8 +13,6 @@ import holitom_fx
 from holitom_fx import HoliTomBackend, HoliTomConfig
 from holitom_fx.backend import SUPPORT_TABLE
 
-from .sweep_models import OUTER, SweepModel
-from .test_backend_llava_onevision import assert_generate_is_unchanged
 from .test_toy_video_models import toy_inputs
 from .toy_video_models import WhereToy
 
@@ -59,14 +57,3 @@ def test_a_refused_graph_is_said_once_with_the_reason_and_counted_every_time(cap
 def test_a_config_error_names_the_field():
     with pytest.raises(ValueError, match=r"HoliTomConfig\.retain_ratio=0 is invalid"):
         HoliTomConfig(retain_ratio=0)
-
-
-@torch.no_grad()
-def test_a_sliding_window_cache_is_refused_with_the_reason():
-    """Gemma 4's sliding-window cache layers count tokens in a Python int Dynamo replays at the traced
-    length: HoliTom refuses (said, counted) and generation equals the uncompiled model's."""
-    gemma = SweepModel("Gemma4ForConditionalGeneration", ["gemma4"])
-    model, backend = gemma.compiled(OUTER)
-    assert_generate_is_unchanged(model, gemma.tiny(), gemma.prompt, new_tokens=4)
-    refusals = [g.fallback for g in backend.graphs if g.fallback]
-    assert backend.fallbacks == len(refusals) >= 1 and all("sliding-window" in r for r in refusals)
