@@ -16,7 +16,7 @@ from .vision_saliency import insert_pooling
 from .context import (SALIENCY, SALIENCY_VALID, WINDOW_END, GridCheck, GraphContext, RewriteError, VideoSite,
                       is_weight, mark_inserted, shape_of)
 from .frame_grid import GridError, rope_frame_grid, span_frame_grid
-from .dataflow import DataflowView, is_integer
+from .dataflow import DataflowView, is_floating, is_integer
 from .module_stack import module_path
 
 def known_video_ids(ctx: GraphContext) -> tuple[tuple[int, ...], bool]:
@@ -39,8 +39,9 @@ def video_placement(view: DataflowView, ctx: GraphContext) -> str | None:
 
 
 def _rope_positions(graph: fx.Graph, batch: int, length: int) -> fx.Node | None:
-    """The graph's M-RoPE position ids input ``[3 or 4, B, L]`` (integers), if it takes one."""
-    found = [n for n in graph.nodes if n.op == "placeholder" and not is_weight(n) and is_integer(n)
+    """The graph's M-RoPE position ids input ``[3 or 4, B, L]``, if it takes one: integers, or floats
+    (Qwen3-Omni's thinker numbers them as floats: its temporal row scales with seconds per frame)."""
+    found = [n for n in graph.nodes if n.op == "placeholder" and not is_weight(n) and (is_integer(n) or is_floating(n))
              and shape_of(n) is not None and len(shape_of(n)) == 3 and shape_of(n)[0] in (3, 4)
              and shape_of(n)[1:] == (batch, length)]
     return found[0] if len(found) == 1 else None

@@ -187,9 +187,11 @@ class SequenceLengthPass:
                     if size == old:
                         narrowed = mark_inserted(graph.call_method("narrow", (narrowed, dim, 0, video.new_length)))
                 rotary = None
-                if self.ctx.positions == "original" and placeholder.meta.get("val", placeholder.meta.get(
-                        "example_value")).dtype in (torch.int32, torch.int64) and len(shape) >= 2 \
-                        and shape[-1] == old:
+                dtype = placeholder.meta.get("val", placeholder.meta.get("example_value")).dtype
+                # integer ids; or float M-RoPE ids [3 or 4, B, L] (Qwen3-Omni's thinker numbers them as floats)
+                ids = dtype in (torch.int32, torch.int64) or (dtype.is_floating_point and len(shape) == 3
+                                                              and shape[0] in (3, 4))
+                if self.ctx.positions == "original" and ids and len(shape) >= 2 and shape[-1] == old:
                     rotary = mark_inserted(graph.call_function(_gather_positions, (placeholder, video.source)))
             for user in users:
                 replacement = rotary if rotary is not None and any(
