@@ -27,6 +27,7 @@ from passes.outer_merge import video_placement
 from passes.specialize import ScalarProbe, is_symbolic, scalar_reads, specialize, symbol_bindings
 
 from .archs import VideoLayout, layout_for
+from .encoded_grid import EncodedGrids
 from .config import HoliTomConfig
 
 log = logging.getLogger("holitom_fx")
@@ -140,12 +141,24 @@ class HoliTomBackend:
         self._said_fallbacks: set[str] = set()
         self._merged_prefill_seen = False  # a decode graph takes the compact shift inside only after one
         self._kept_slots: torch.Tensor | None = None  # the slots layers K.. kept in the last (padded) prefill
+        self._encoded: EncodedGrids | None = None  # the bound model's last encoded video grid (encoded_grid.py)
         _enable_dynamo_capture()
 
     def bind(self, model: torch.nn.Module) -> "HoliTomBackend":
-        """Take the architecture from ``model`` (otherwise from the module Dynamo traces)."""
+        """Take the architecture from ``model`` (otherwise from the module Dynamo traces), and keep the grid
+        ``[V, 3]`` its video encoder is called with (``EncodedGrids``): a flat video span's frames."""
         self._bound = _model_record(model)
+        if self._encoded is not None:
+            self._encoded.remove()
+        self._encoded = EncodedGrids(model)
         return self
+
+    def _encoded_grid(self) -> torch.Tensor | None:
+        return self._encoded.last if self._encoded is not None else None
+
+    def _take_encoded_grid(self) -> None:
+        if self._encoded is not None:
+            self._encoded.take()
 
     def __call__(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
         return self._compile(gm, example_inputs)
@@ -161,7 +174,8 @@ class HoliTomBackend:
             model = self._traced
         config, layout, classes = model or (None, None, frozenset())
         return GraphContext(self.config, layout, config, vision_classes=classes,
-                            merged_prefill_seen=self._merged_prefill_seen, kept_slots=self._kept_slots)
+                            merged_prefill_seen=self._merged_prefill_seen, kept_slots=self._kept_slots,
+                            encoded_grid=self._encoded_grid())
 
     def _compile(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
         ctx = self._context()
@@ -237,7 +251,8 @@ class HoliTomBackend:
 
         def run(*args):
             try:
-                grid = check.read(args[ids_at], args[positions_at] if positions_at is not None else None)
+                grid = check.read(args[ids_at], args[positions_at] if positions_at is not None else None,
+                                  self._encoded_grid())
             except GridError:
                 grid = None
             if grid not in variants:
@@ -347,6 +362,7 @@ class HoliTomBackend:
                     shift.zero_()
                 self._vision_saliency = None  # an image's, or unused: never for a later prefill
                 self._kept_slots = None
+                self._take_encoded_grid()
                 return compiled(*args)
 
             return unmerged_prefill
@@ -375,6 +391,7 @@ class HoliTomBackend:
         def prefill(*args):
             extra, source = runtime_inputs()
             out = compiled(*args, *extra)
+            self._take_encoded_grid()
             self._kept_slots = None
             if inner is not None and inner.exports_kept_slots:  # a padded batch: full-length caches in layers K..
                 *out, self._kept_slots = out

@@ -13,7 +13,7 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from holitom_fx.archs import GENERIC, VideoLayout
 from holitom_fx.config import HoliTomConfig
 
-from .frame_grid import rope_frame_grid, span_frame_grid
+from .frame_grid import GridError, encoded_frame_grid, rope_frame_grid, span_frame_grid
 
 
 #: Runtime input a merged prefill graph writes its segments into (a backend-owned buffer).
@@ -41,9 +41,18 @@ class GridCheck:
     positions: str | None
     token_id: int
     grid: tuple[int, int, int]
+    # the grid came from the one the video encoder was last called with (``encoded_frame_grid``), with the
+    # encoder's spatial merge (m, m) (None: span / t tokens per frame)
+    encoded: bool = False
+    merge: tuple[int, int] | None = None
 
-    def read(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> tuple[int, int, int]:
+    def read(self, input_ids: torch.Tensor, positions: torch.Tensor | None,
+             encoded: torch.Tensor | None = None) -> tuple[int, int, int]:
         """The grid of a call's inputs, the way this one was read (``GridError`` when there is none)."""
+        if self.encoded:
+            if encoded is None:
+                raise GridError("no video was encoded since the last prefill")
+            return encoded_frame_grid(input_ids, self.token_id, encoded, self.merge)
         return span_frame_grid(input_ids, self.token_id) if self.positions is None else rope_frame_grid(
             input_ids, positions, self.token_id)
 
@@ -112,6 +121,7 @@ class GraphContext:
     derived_positions: bool = False  # positions derived in the graph were given their original values
     merged_prefill_seen: bool = False  # this backend merged a prefill: decode graphs take the compact shift inside
     kept_slots: torch.Tensor | None = None  # the slots the last padded prefill kept in layers K.. ([B, L'] bool)
+    encoded_grid: torch.Tensor | None = None  # [V, 3] (t, h, w) the video encoder was last called with, if kept
 
     def __post_init__(self) -> None:
         if self.layout is None:  # no record: everything is read off the graph

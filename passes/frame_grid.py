@@ -6,7 +6,10 @@ its own (h, w), and each patch starts again at the span's first (h, w); so a new
 wherever the (h, w) of the span's first token comes back (whatever spacing the temporal row has). The grid is read once per compiled graph from the real example inputs and
 checked again at each call (a video of another grid with the same token count gets a graph
 of its own). A model with 1-D positions that puts each frame in a span of its own (a timestamp
-between frames: VideoLLaMA3) shows its grid in the ids alone: k equal spans are k frames.
+between frames: VideoLLaMA3) shows its grid in the ids alone: k equal spans are k frames. A model
+with 1-D positions and one flat span per video (EXAONE-4.5, Dots3-Note, ...) shows it nowhere in the
+prefill: generate() encoded the video before, with its grid ``[V, 3]`` (t, h, w), which the backend
+keeps (``holitom_fx.encoded_grid``); each span is then t frames of (h/m)*(w/m) tokens.
 """
 
 from __future__ import annotations
@@ -77,3 +80,42 @@ def span_frame_grid(input_ids: torch.Tensor, token_id: int) -> tuple[int, int, i
     if len(grids) != 1:
         raise GridError(f"rows of the batch hold different video grids: {sorted(grids)}")
     return grids.pop()
+
+
+def encoded_frame_grid(input_ids: torch.Tensor, token_id: int, grid_thw: torch.Tensor,
+                       merge: tuple[int, int] | None) -> tuple[int, int, int]:
+    """``(spans per row, frames, tokens per frame)`` of the ``token_id`` spans of ``input_ids [B, L]``, one
+    video per span (row-major), from the grid ``[V, 3]`` (t, h, w) the video encoder was called with: a
+    span of ``t * (h/m) * (w/m)`` tokens is t frames of ``(h/m) * (w/m)`` (``merge`` = (m, m), the encoder's
+    spatial merge; None: ``span / t`` per frame). ``GridError`` when the spans and the grid disagree (another
+    video was encoded last), or the encoder pooled the frames together (no frames left in the span)."""
+    if grid_thw.ndim != 2 or grid_thw.shape[-1] != 3:
+        raise GridError(f"the encoded grid {tuple(grid_thw.shape)} is not [V, 3]")
+    spans = []
+    for row_mask in (input_ids == token_id).tolist():
+        runs, start = [], 0
+        for length in _runs(row_mask):
+            if row_mask[start]:
+                runs.append(length)
+            start += length
+        spans.append(runs)
+    flat = [length for runs in spans for length in runs]
+    thw = grid_thw.tolist()
+    if len(flat) != len(thw):
+        raise GridError(f"{len(flat)} video spans {flat} for the {len(thw)} videos the encoder was last called "
+                        f"with ({thw})")
+    grids = set()
+    for length, (t, h, w) in zip(flat, thw):
+        per_frame = (h // merge[0]) * (w // merge[1]) if merge is not None else length // max(t, 1)
+        frames, rest = divmod(length, per_frame) if per_frame else (0, 1)
+        if rest or frames < 1:
+            raise GridError(f"a video span of {length} tokens is not frames of {per_frame} (encoded grid "
+                            f"t, h, w = {t}, {h}, {w}, merge {merge})")
+        if frames != t:
+            raise GridError(f"the encoder made {frames} frame(s) of {per_frame} tokens of the video's {t} temporal "
+                            f"patches (grid t, h, w = {t}, {h}, {w}): it pools frames together, no frames to segment")
+        grids.add((frames, per_frame))
+    counts = {len(runs) for runs in spans}
+    if len(grids) != 1 or len(counts) != 1:
+        raise GridError(f"the videos do not share one frame grid: {sorted(grids)}, spans per row {sorted(counts)}")
+    return (counts.pop(), *grids.pop())

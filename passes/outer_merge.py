@@ -7,7 +7,7 @@ from dataclasses import astuple
 
 import torch.fx as fx
 
-from holitom_fx.archs import infer_saliency_grid
+from holitom_fx.archs import infer_saliency_grid, spatial_merge
 from holitom_fx.ops import exact_budget, span_mask
 from holitom_fx.ops.stages import outer_stage
 
@@ -15,7 +15,7 @@ from .boundary import find_video_boundary
 from .vision_saliency import insert_pooling
 from .context import (SALIENCY, SALIENCY_VALID, WINDOW_END, GridCheck, GraphContext, RewriteError, VideoSite,
                       is_weight, mark_inserted, shape_of)
-from .frame_grid import GridError, rope_frame_grid, span_frame_grid
+from .frame_grid import GridError, encoded_frame_grid, rope_frame_grid, span_frame_grid
 from .dataflow import DataflowView, is_floating, is_integer
 from .module_stack import module_path
 
@@ -100,7 +100,10 @@ class OuterMergePass:
             try:
                 frames, per_frame, pass_through = self._frame_grid(features, batch, span, dim)
             except RewriteError as no_frames:  # the ids may still show frames as spans of their own
-                grid_check = self._span_grid(ids_reader, token_id, batch, length, no_frames)
+                try:
+                    grid_check = self._span_grid(ids_reader, token_id, batch, length, no_frames)
+                except RewriteError as no_spans:  # or the grid the video was encoded with gives them
+                    grid_check = self._encoded_grid(ids_reader, token_id, batch, length, no_spans)
                 videos, frames, per_frame, frame_spans = self._rope_layout(grid_check, row_span)
                 pass_through, span = 0, row_span // videos
         if ctx.config.budget != "exact":
@@ -193,6 +196,25 @@ class OuterMergePass:
         except GridError as err:
             raise RewriteError(f"{why}; {err}") from err
         return GridCheck(input_ids=ids[0].name, positions=None, token_id=token_id, grid=grid)
+
+    def _encoded_grid(self, mask: fx.Node, token_id: int, batch: int, length: int, why: RewriteError) -> GridCheck:
+        """Each flat span as t frames of (h/m)*(w/m) tokens, from the grid (t, h, w) the video encoder was last
+        called with (``GraphContext.encoded_grid``, ``frame_grid.encoded_frame_grid``), re-read per call."""
+        ctx = self.ctx
+        ids = self._ids_input(mask, batch, length)
+        values = ctx.example_values.get(ids[0].name) if len(ids) == 1 else None
+        if values is None:
+            raise why
+        if ctx.encoded_grid is None:
+            raise RewriteError(f"{why}; no video grid (t, h, w) kept from an encoder call (a backend bound to the "
+                               "model keeps the grid its encoder is called with: HoliTomBackend.bind)")
+        merge = spatial_merge(ctx.model_config) if ctx.model_config is not None else None
+        try:
+            grid = encoded_frame_grid(values, token_id, ctx.encoded_grid, merge)
+        except GridError as err:
+            raise RewriteError(f"{why}; {err}") from err
+        return GridCheck(input_ids=ids[0].name, positions=None, token_id=token_id, grid=grid, encoded=True,
+                         merge=merge)
 
     def _rope_grid(self, positions: fx.Node | None, mask: fx.Node, token_id: int, batch: int,
                    length: int) -> GridCheck:

@@ -147,3 +147,21 @@ def infer_saliency_grid(patches: int, tokens: int) -> SaliencyGrid | None:
         return None
     return SaliencyGrid(drop_leading=drop, side=side, pooled_side=pooled,
                         mode="average" if side % pooled == 0 else "bilinear")
+
+
+#: Config attributes naming a vision encoder's spatial merge (m, or (m_h, m_w)): m x m patches become one token.
+SPATIAL_MERGE_ATTRS = ("spatial_merge_size", "merge_kernel_size", "merge_size")
+
+
+def spatial_merge(config: Any) -> tuple[int, int] | None:
+    """The video encoder's spatial merge ``(m_h, m_w)`` from the model config (its vision config first), or
+    None when it names none: with the grid (t, h, w) the encoder was called with, a frame is (h/m_h)*(w/m_w)
+    tokens."""
+    for owner in (getattr(config, "vision_config", None), config):
+        for attr in SPATIAL_MERGE_ATTRS:
+            value = getattr(owner, attr, None) if owner is not None else None
+            if isinstance(value, int) and value > 0:
+                return value, value
+            if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+                return tuple(value)
+    return None
