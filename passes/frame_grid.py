@@ -87,7 +87,8 @@ def encoded_frame_grid(input_ids: torch.Tensor, token_id: int, grid_thw: torch.T
     """``(spans per row, frames, tokens per frame)`` of the ``token_id`` spans of ``input_ids [B, L]``, one
     video per span (row-major), from the grid ``[V, 3]`` (t, h, w) the video encoder was called with: a
     span of ``t * (h/m) * (w/m)`` tokens is t frames of ``(h/m) * (w/m)`` (``merge`` = (m, m), the encoder's
-    spatial merge; None: ``span / t`` per frame). ``GridError`` when the spans and the grid disagree (another
+    spatial merge; None: ``span / t`` per frame, one entry per span). A span may hold several consecutive
+    entries of one (h, w) (GLM-5-Next encodes each frame as an entry of t = 1): their frames add up. ``GridError`` when the spans and the grid disagree (another
     video was encoded last), or the encoder pooled the frames together (no frames left in the span)."""
     if grid_thw.ndim != 2 or grid_thw.shape[-1] != 3:
         raise GridError(f"the encoded grid {tuple(grid_thw.shape)} is not [V, 3]")
@@ -101,20 +102,28 @@ def encoded_frame_grid(input_ids: torch.Tensor, token_id: int, grid_thw: torch.T
         spans.append(runs)
     flat = [length for runs in spans for length in runs]
     thw = grid_thw.tolist()
-    if len(flat) != len(thw):
+    if merge is None and len(flat) != len(thw):
         raise GridError(f"{len(flat)} video spans {flat} for the {len(thw)} videos the encoder was last called "
                         f"with ({thw})")
-    grids = set()
-    for length, (t, h, w) in zip(flat, thw):
-        per_frame = (h // merge[0]) * (w // merge[1]) if merge is not None else length // max(t, 1)
-        frames, rest = divmod(length, per_frame) if per_frame else (0, 1)
-        if rest or frames < 1:
-            raise GridError(f"a video span of {length} tokens is not frames of {per_frame} (encoded grid "
-                            f"t, h, w = {t}, {h}, {w}, merge {merge})")
-        if frames != t:
-            raise GridError(f"the encoder made {frames} frame(s) of {per_frame} tokens of the video's {t} temporal "
-                            f"patches (grid t, h, w = {t}, {h}, {w}): it pools frames together, no frames to segment")
-        grids.add((frames, per_frame))
+    grids, row = set(), 0
+    for length in flat:  # a span holds the next grid entries whose tokens add up to it (frames encoded apart)
+        frames, tokens, sides = 0, 0, set()
+        while row < len(thw) and tokens < length:
+            t, h, w = thw[row]
+            per_frame = (h // merge[0]) * (w // merge[1]) if merge is not None else length // max(t, 1)
+            if merge is not None and t > 1 and tokens == 0 and per_frame == length:
+                raise GridError(f"the encoder made one frame of {per_frame} tokens of the video's {t} temporal "
+                                f"patches (grid t, h, w = {t}, {h}, {w}): it pools frames together, no frames to "
+                                "segment")
+            frames, tokens, row = frames + t, tokens + t * per_frame, row + 1
+            sides.add(per_frame)
+        if tokens != length or len(sides) != 1 or not frames:
+            raise GridError(f"a video span of {length} tokens is not the frames of the grid the encoder was last "
+                            f"called with ({thw}, merge {merge})")
+        grids.add((frames, sides.pop()))
+    if row != len(thw):
+        raise GridError(f"video spans {flat} hold fewer tokens than the grid the encoder was last called with "
+                        f"({thw}, merge {merge})")
     counts = {len(runs) for runs in spans}
     if len(grids) != 1 or len(counts) != 1:
         raise GridError(f"the videos do not share one frame grid: {sorted(grids)}, spans per row {sorted(counts)}")

@@ -1,0 +1,109 @@
+"""Models that flatten a video into one placeholder span with 1-D positions (EXAONE-4.5, HyperCLOVAX-Vision-V2,
+Dots3-Note, Muse-Glimmer, Muse-Spark): generate() encodes the video before the prefill and drops
+its grid, so the prefill graph holds no frame structure; the grid (t, h, w) the encoder was called with is
+kept by the bound backend (``holitom_fx.encoded_grid``) and each span read as t frames of (h/m)*(w/m) tokens
+(``passes/frame_grid.encoded_frame_grid``), re-read per prefill. Identity at r=1 for each, the outer stage
+against an eager reference built from EXAONE-4.5's own encoder and forward, a stale grid refused, and
+Kimi-K2.5 refused (its encoder pools the frames)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from holitom_fx.archs import GENERIC, layout_for, spatial_merge
+from holitom_fx.ops import feature_saliency, outer_merge, splice_span
+
+from . import reference_pipeline
+from .sweep_models import IDENTITY, OUTER, SweepModel
+from .test_backend_llava_onevision import assert_generate_is_unchanged, greedy_with_step_logits
+
+FLAT = {name: SweepModel(name, [model_type]) for name, model_type in [
+    ("Exaone4_5_ForConditionalGeneration", "exaone4_5"),
+    ("HyperCLOVAXVisionV2ForConditionalGeneration", "hyperclovax_vision_v2"),
+    ("Dots3NoteForConditionalGeneration", "dots3_note"),
+    ("MuseGlimmerForConditionalGeneration", "muse_glimmer"),
+    ("MuseSparkForConditionalGeneration", "muse_spark"),
+]}
+EXAONE = FLAT["Exaone4_5_ForConditionalGeneration"]
+KIMI = SweepModel("Kimi_K25ForConditionalGeneration", ["kimi_k25"])
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+
+
+@pytest.mark.parametrize("name", list(FLAT))
+@torch.no_grad()
+def test_identity_at_full_retain_without_inner_stage(name):
+    entry = FLAT[name]
+    model, backend = entry.compiled(IDENTITY)
+    assert layout_for(model.config) is GENERIC
+    assert_generate_is_unchanged(model, entry.tiny(), entry.prompt)
+    report = backend.last_report
+    t, h, w = entry.prompt["video_grid_thw"][0].tolist()
+    assert report is not None and backend.fallbacks == 0
+    assert report.frames == t and report.tokens_in == report.tokens_after_outer == t * h * w // 4
+
+
+@torch.no_grad()
+def merged_prompt(model, inputs, cfg):
+    """EXAONE-4.5's prompt after the outer stage applied by hand: its own encoder's features as t frames of
+    (h/m)*(w/m), feature-norm saliency, the merged tokens spliced in place of the span."""
+    ids = inputs["input_ids"]
+    features = torch.cat(model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                                        video_grid_thw=inputs["video_grid_thw"]).pooler_output)
+    mask = ids == model.config.video_token_id
+    embeds = model.get_input_embeddings()(ids).masked_scatter(mask[..., None], features)
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    m_h, m_w = spatial_merge(model.config)
+    grid = features.reshape(t, (h // m_h) * (w // m_w), -1)
+    out = outer_merge(grid, feature_saliency(grid), cfg)
+    start = int(torch.nonzero(mask[0])[0])
+    hidden, _ = splice_span(embeds, torch.tensor([start]), features.shape[0], out.tokens[None],
+                            out.positions[None])
+    return hidden
+
+
+@torch.no_grad()
+def test_exaone_generate_matches_the_eager_reference():
+    """The merged prefill equals the reference at compact positions. Decoding continues at L + step, not
+    L' + step: EXAONE-4.5 derives its decode positions from its first cache layer, a sliding-window layer
+    whose token count Dynamo replays at the traced L (docs/design.md, limits); pinned here as it is."""
+    model, backend = EXAONE.compiled(OUTER)
+    inputs = EXAONE.prompt
+    hidden = merged_prompt(EXAONE.tiny(), inputs, OUTER)
+    length, original = hidden.shape[1], inputs["input_ids"].shape[1]
+    expected_steps, expected_tokens = reference_pipeline.forward_greedy(
+        EXAONE.tiny(), hidden, torch.arange(length)[None], lambda step: torch.tensor([[original + step]]), 6)
+    tokens, steps = greedy_with_step_logits(model, inputs, 6)
+    torch.testing.assert_close(steps, expected_steps, rtol=1e-4, atol=1e-4)
+    assert tokens == [expected_tokens]
+    report = backend.last_report
+    assert (report.frames, report.tokens_in, report.tokens_after_outer) == (2, 32, 16) and backend.fallbacks == 0
+    assert report.sequence_length[:2] == (40, 24)
+
+
+@torch.no_grad()
+def test_a_prefill_without_its_own_encoder_call_is_not_merged():
+    """The grid is consumed by the prefill that used it: features passed in without an encoder call (no grid
+    kept) leave the prefill unmerged, said, with the model's own logits."""
+    model, backend = EXAONE.compiled(OUTER)
+    inputs = EXAONE.prompt
+    greedy_with_step_logits(model, inputs, 2)  # merged, consumes the grid
+    assert backend._encoded.last is None
+    features = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                              video_grid_thw=inputs["video_grid_thw"])
+    backend._encoded.take()  # as if encoded elsewhere
+    backend.last_report = None
+    plain = {k: v for k, v in inputs.items() if k not in ("pixel_values_videos", "video_grid_thw")}
+    out = model(**plain, mm_encoder_outputs={"video": features})
+    expected = EXAONE.tiny()(**plain, mm_encoder_outputs={"video": features})
+    torch.testing.assert_close(out.logits, expected.logits, rtol=0, atol=1e-5)
+    assert backend.last_report is None
+
+
+@torch.no_grad()
+def test_kimi_k25_is_refused_because_its_encoder_pools_the_frames():
+    model, backend = KIMI.compiled(OUTER)
+    greedy_with_step_logits(model, KIMI.prompt, 2)
+    assert backend.last_report is None
+    assert any(g.fallback and "pools frames together" in g.fallback for g in backend.graphs)
