@@ -15,6 +15,10 @@ the two variants alternating, so machine noise hits both alike.
     python benchmarks/bench_ops.py                 # the issue's size
     python benchmarks/bench_ops.py --frames 8 --repeats 3   # a quick look
     python benchmarks/bench_ops.py --device cuda   # on a GPU (bf16)
+    python benchmarks/bench_ops.py --frames 2 --tokens 16 --dim 32 --vision-patches 16 --compiler eager  # plumbing
+
+The JSON also records the graphs Dynamo compiled after the warm-up and after the timed runs (equal: no
+recompilation while timing).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import time
 from pathlib import Path
 
 import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
 
 from holitom_fx import HoliTomConfig
 from holitom_fx.ops import attention_received, inner_merge, outer_merge, pool_saliency
@@ -76,7 +82,7 @@ def timed(fn, sync) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=196)
@@ -90,7 +96,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: torch's); 1 on a machine whose cores other work shares")
     parser.add_argument("--out", type=Path, default=Path("results"))
-    args = parser.parse_args()
+    parser.add_argument("--compiler", choices=("inductor", "eager"), default="inductor",
+                        help="eager: Dynamo traces, graphs run uncompiled (a seconds-long check of the plumbing)")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:  # before compiling: Inductor's C++ kernels take their OpenMP thread count from it
         torch.set_num_threads(args.threads)
@@ -109,18 +117,22 @@ def main() -> None:
     variants = {}
     for part, (fn, inputs) in calls.items():
         variants[f"{part}/eager"] = (fn, inputs)
-        variants[f"{part}/compiled"] = (torch.compile(fn, fullgraph=True), inputs)
+        variants[f"{part}/compiled"] = (torch.compile(fn, fullgraph=True, backend=args.compiler), inputs)
 
     compile_s = {}
     for name, (fn, inputs) in variants.items():  # compile (the compiled ones) and warm up
         compile_s[name] = timed(lambda: fn(*inputs), sync)
         if name.endswith("compiled"):
             log.info("%s: compile + first call %.1f s", name, compile_s[name])
+    graphs_warm = counters["stats"]["unique_graphs"]
     samples = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, (fn, inputs) in variants.items():  # alternate, side by side
             samples[name].append(timed(lambda: fn(*inputs), sync))
     medians = {name: statistics.median(values) * 1e3 for name, values in samples.items()}
+    graphs = dict(after_warmup=graphs_warm, after_timing=counters["stats"]["unique_graphs"])
+    if graphs["after_timing"] != graphs_warm:
+        log.warning("Dynamo compiled %d more graph(s) during the timed runs", graphs["after_timing"] - graphs_warm)
 
     header = f"{'part':<9} {'variant':<10} {'median ms':>10} {'min ms':>8} {'speed-up':>9}"
     print(f"HoliTom ops, merge {args.frames}x{args.tokens}x{args.dim}, saliency {args.frames}x{args.vision_heads}x"
@@ -141,7 +153,8 @@ def main() -> None:
               "vision_heads": args.vision_heads, "vision_patches": args.vision_patches,
               "vision_head_dim": args.vision_head_dim, "threads": torch.get_num_threads(),
               "device": device.type, "repeats": args.repeats, "median_ms": medians, "total_ms": totals,
-              "samples_ms": {k: [v * 1e3 for v in vs] for k, vs in samples.items()}, "compile_s": compile_s}
+              "samples_ms": {k: [v * 1e3 for v in vs] for k, vs in samples.items()}, "compile_s": compile_s,
+              "compiler": args.compiler, "graphs": graphs}
     (args.out / "bench_ops.json").write_text(json.dumps(record, indent=2))
     try:
         import matplotlib

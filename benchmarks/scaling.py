@@ -3,6 +3,7 @@
     python benchmarks/scaling.py                                   # 16..256 frames x 196 x 3584 (long on a CPU)
     python benchmarks/scaling.py --frames 16 32 64 --dim 1024      # a quick look
     python benchmarks/scaling.py --device cuda                     # on a GPU (bf16)
+    python benchmarks/scaling.py --frames 2 4 --tokens 16 --dim 32 --compiler eager   # plumbing, seconds
 
 Each frame count runs in a fresh subprocess (so its peak memory is its own: ``ru_maxrss`` on a CPU,
 ``torch.cuda.max_memory_allocated`` on a GPU), compiles ``bench_ops.holitom_step`` with
@@ -34,12 +35,12 @@ from holitom_fx import HoliTomConfig
 log = logging.getLogger("scaling")
 
 
-def one(frames: int, tokens: int, dim: int, repeats: int, device: str, dtype: str) -> dict:
+def one(frames: int, tokens: int, dim: int, repeats: int, device: str, dtype: str, compiler: str = "inductor") -> dict:
     """Compile and time one frame count in this process."""
     device_, dtype_ = torch.device(device), getattr(torch, dtype)
     sync = torch.cuda.synchronize if device_.type == "cuda" else (lambda: None)
     features, saliency = synthetic_video(frames, tokens, dim, device_, dtype_)
-    step = torch.compile(holitom_step, fullgraph=True)
+    step = torch.compile(holitom_step, fullgraph=True, backend=compiler)
     config = HoliTomConfig(retain_ratio=0.1, tau=0.8)
     compile_s = timed(lambda: step(features, saliency, config, 14), sync)
     samples = [timed(lambda: step(features, saliency, config, 14), sync) for _ in range(repeats)]
@@ -87,17 +88,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on GPU")
     parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--compiler", choices=("inductor", "eager"), default="inductor",
+                        help="eager: Dynamo traces, graphs run uncompiled (a seconds-long check of the plumbing)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # the subprocess of one count
     args = parser.parse_args(argv)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     if args.one is not None:
-        print(json.dumps(one(args.one, args.tokens, args.dim, args.repeats, args.device, dtype)))
+        print(json.dumps(one(args.one, args.tokens, args.dim, args.repeats, args.device, dtype, args.compiler)))
         return []
     rows = []
     for frames in args.frames:
         started = time.perf_counter()
         run = subprocess.run([sys.executable, __file__, "--one", str(frames), "--tokens", str(args.tokens), "--dim",
-                              str(args.dim), "--repeats", str(args.repeats), "--device", args.device, "--dtype", dtype],
+                              str(args.dim), "--repeats", str(args.repeats), "--device", args.device, "--dtype", dtype,
+                              "--compiler", args.compiler],
                              capture_output=True, text=True, check=True)
         row = json.loads(run.stdout.strip().splitlines()[-1])
         row.update(ms_per_frame=row["median_ms"] / frames, peak_gib=row["peak_bytes"] / 2**30)
@@ -116,7 +120,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"growth exponent of {key}: {value:.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scaling.json").write_text(json.dumps(dict(rows=rows, exponents=exponents, dtype=dtype,
-                                                           device=args.device, tokens=args.tokens, dim=args.dim),
+                                                           device=args.device, tokens=args.tokens, dim=args.dim,
+                                                           compiler=args.compiler),
                                                       indent=2))
     if plot(rows, args.out / "scaling.png"):
         log.info("wrote %s", args.out / "scaling.png")

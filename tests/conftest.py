@@ -17,6 +17,15 @@ settings.load_profile("full" if os.environ.get("HOLITOM_FULL") else "default")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+#: Devices a ``device``-parametrised test runs on: the CPU always, CUDA where there is one (skipped otherwise,
+#: so a CPU run says what it did not check).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    return torch.device(request.param)
+
 
 @pytest.fixture
 def fresh_dynamo():
