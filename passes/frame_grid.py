@@ -64,16 +64,24 @@ def rope_frame_grid(input_ids: torch.Tensor, positions: torch.Tensor, token_id: 
     return grids.pop()
 
 
-def span_frame_grid(input_ids: torch.Tensor, token_id: int) -> tuple[int, int, int]:
-    """``(spans per row, 1, tokens per span)`` when the ``token_id`` placeholders of every row of
-    ``input_ids [B, L]`` form k > 1 spans of one length: frames as spans. ``GridError`` otherwise."""
-    grids = set()
+def _placeholder_spans(input_ids: torch.Tensor, token_id: int) -> list[list[int]]:
+    """The lengths of the runs of ``token_id`` in each row of ``input_ids [B, L]``, in order."""
+    spans = []
     for row_mask in (input_ids == token_id).tolist():
         runs, start = [], 0
         for length in _runs(row_mask):
             if row_mask[start]:
                 runs.append(length)
             start += length
+        spans.append(runs)
+    return spans
+
+
+def span_frame_grid(input_ids: torch.Tensor, token_id: int) -> tuple[int, int, int]:
+    """``(spans per row, 1, tokens per span)`` when the ``token_id`` placeholders of every row of
+    ``input_ids [B, L]`` form k > 1 spans of one length: frames as spans. ``GridError`` otherwise."""
+    grids = set()
+    for runs in _placeholder_spans(input_ids, token_id):
         if len(runs) < 2 or len(set(runs)) != 1:
             raise GridError(f"video placeholder spans {runs} are not k > 1 spans of one length (frames as spans)")
         grids.add((len(runs), 1, runs[0]))
@@ -92,14 +100,7 @@ def encoded_frame_grid(input_ids: torch.Tensor, token_id: int, grid_thw: torch.T
     video was encoded last), or the encoder pooled the frames together (no frames left in the span)."""
     if grid_thw.ndim != 2 or grid_thw.shape[-1] != 3:
         raise GridError(f"the encoded grid {tuple(grid_thw.shape)} is not [V, 3]")
-    spans = []
-    for row_mask in (input_ids == token_id).tolist():
-        runs, start = [], 0
-        for length in _runs(row_mask):
-            if row_mask[start]:
-                runs.append(length)
-            start += length
-        spans.append(runs)
+    spans = _placeholder_spans(input_ids, token_id)
     flat = [length for runs in spans for length in runs]
     thw = grid_thw.tolist()
     if merge is None and len(flat) != len(thw):
