@@ -214,11 +214,15 @@ def shape_of(node: Any) -> tuple[int, ...] | None:
     return tuple(value.shape)
 
 
+def sdpa_arguments(node: fx.Node) -> dict:
+    """An SDPA call's arguments by name, positional or keyword."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+    return dict(zip(names, node.args)) | dict(node.kwargs)
+
+
 def sdpa_inputs(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node | None, float | None]:
     """(query, key, attn_mask, scale) of an SDPA call, positional or keyword."""
-    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
-    bound = dict(zip(names, node.args))
-    bound.update(node.kwargs)
+    bound = sdpa_arguments(node)
     return bound["query"], bound["key"], bound.get("attn_mask"), bound.get("scale")
 
 

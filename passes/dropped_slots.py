@@ -15,11 +15,8 @@ import torch.fx as fx
 
 from holitom_fx.ops import mask_dropped_slots
 
-from .context import KEPT_SLOTS, SDPA_TARGETS, GraphContext, RewriteError, mark_inserted, tensor_of
+from .context import KEPT_SLOTS, SDPA_TARGETS, GraphContext, RewriteError, mark_inserted, sdpa_arguments, tensor_of
 from .decode_positions import is_cache_input
-
-_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
-
 
 class DroppedSlotMaskPass:
     def __init__(self, ctx: GraphContext):
@@ -44,7 +41,7 @@ class DroppedSlotMaskPass:
         with graph.inserting_after(list(graph.find_nodes(op="placeholder"))[-1]):
             slots = mark_inserted(graph.placeholder(KEPT_SLOTS))
         for call in calls:
-            bound = dict(zip(_SDPA_ARGS, call.args)) | dict(call.kwargs)
+            bound = sdpa_arguments(call)
             if bound.get("is_causal") is True:
                 raise RewriteError("a decode step's SDPA call in layers K.. is causal: its dropped cache slots "
                                    "cannot be masked")

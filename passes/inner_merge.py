@@ -11,8 +11,8 @@ from holitom_fx.ops import (gather_tokens, inner_kept_count, kept_slots, last_qu
                            restore_dropped_slots)
 from holitom_fx.ops.stages import inner_stage
 
-from .context import (SDPA_TARGETS, GraphContext, InnerSite, RewriteError, is_weight, mark_inserted, sdpa_inputs,
-                      shape_of)
+from .context import (SDPA_TARGETS, GraphContext, InnerSite, RewriteError, is_weight, mark_inserted, sdpa_arguments,
+                      sdpa_inputs, shape_of)
 
 _SOFTMAX_TARGETS = (torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax, "softmax")
 
@@ -113,8 +113,8 @@ class InnerMergePass:
         calls = [n for n, index in layer_of.items() if index >= layer and n.target in SDPA_TARGETS]
         read = set()
         for call in calls:
-            _, key, _, _ = sdpa_inputs(call)
-            value = call.kwargs.get("value", call.args[2] if len(call.args) > 2 else None)
+            bound = sdpa_arguments(call)
+            key, value = bound["key"], bound["value"]
             read |= {key, value} | view.ancestors(key) | view.ancestors(value)
         output = next(n for n in graph.nodes if n.op == "output")
         results = output.args[0] if isinstance(output.args[0], (tuple, list)) else ()

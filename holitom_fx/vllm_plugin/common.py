@@ -70,3 +70,27 @@ def merge_video(grid: torch.Tensor, config: HoliTomConfig, carried: torch.Tensor
         raise RuntimeError(f"HoliTom merged a {tuple(grid.shape[:2])} video into {out.tokens.shape[0]} tokens, "
                            f"the prompt holds {expected} placeholders")
     return out
+
+
+#: A pruning rate > 0 switches vLLM's M-RoPE recompute hook on; its value is read by nothing HoliTom runs (at
+#: retain_ratio 1, 1 - r would be 0: the switch off, the position channels never stripped).
+_SWITCH_ON_RATE = 1e-3
+#: Largest integer up to which every integer is exact in a float dtype (the position channels are floats).
+_EXACT_INTEGERS = {torch.bfloat16: 256, torch.float16: 2048}
+
+
+def switch_on_position_recompute(multimodal_config, config: HoliTomConfig) -> None:
+    """Turn on the runner's switch for ``recompute_mrope_positions`` (``video_pruning_rate``, which nothing
+    else reads here: the plugin's processor and model replace EVS). Before the model's own ``__init__``
+    where it reads the switch while building its layers (Qwen3-VL)."""
+    if not multimodal_config.is_multimodal_pruning_enabled():
+        multimodal_config.video_pruning_rate = max(1.0 - config.retain_ratio, _SWITCH_ON_RATE)
+
+
+def check_exact_positions(largest: torch.Tensor, dtype: torch.dtype) -> None:
+    """The position channels ride in the embedding dtype: a position it cannot hold exactly is an error,
+    never a rounding."""
+    if largest > _EXACT_INTEGERS.get(dtype, 2**24):
+        raise ValueError(f"HoliTom: M-RoPE positions up to {int(largest)} are not exact in {dtype}; serve this "
+                         "video in float32 or shorten it")
+

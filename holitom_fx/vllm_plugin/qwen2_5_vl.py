@@ -18,13 +18,9 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.processing import PromptReplacement
 from vllm.multimodal.video_prune.evs import compute_mrope_for_media
 
-from .common import holitom_config, merge_video, merged_video_tokens
+from .common import (check_exact_positions, holitom_config, merge_video, merged_video_tokens,
+                     switch_on_position_recompute)
 
-#: A pruning rate > 0 switches vLLM's recompute hook on; its value is read by nothing HoliTom runs (at
-#: retain_ratio 1, 1 - r would be 0: the switch off, the position channels never stripped).
-_SWITCH_ON_RATE = 1e-3
-#: Largest integer up to which every integer is exact in a float dtype (the position channels are floats).
-_EXACT_INTEGERS = {torch.bfloat16: 256, torch.float16: 2048}
 
 
 class HoliTomQwen2_5_VLProcessingInfo(Qwen2_5_VLProcessingInfo):
@@ -62,8 +58,7 @@ class HoliTomQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGenerati
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.holitom = holitom_config(vllm_config.model_config.hf_config)
         multimodal = vllm_config.model_config.multimodal_config
-        if not multimodal.is_multimodal_pruning_enabled():  # the runner's switch for recompute_mrope_positions
-            multimodal.video_pruning_rate = max(1.0 - self.holitom.retain_ratio, _SWITCH_ON_RATE)
+        switch_on_position_recompute(multimodal, self.holitom)
         self.video_pruning_rate = multimodal.video_pruning_rate
         self.is_multimodal_pruning_enabled = True
 
@@ -85,8 +80,6 @@ class HoliTomQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGenerati
             positions = compute_mrope_for_media(torch.tensor([frames, height, width]), merge,
                                                 tokens_per_second=self.config.vision_config.tokens_per_second,
                                                 video_second_per_grid=second)
-            if positions.max() > _EXACT_INTEGERS.get(tokens.dtype, 2**24):  # channels ride in the embedding dtype
-                raise ValueError(f"HoliTom: M-RoPE positions up to {int(positions.max())} are not exact in "
-                                 f"{tokens.dtype}; serve this video in float32 or shorten it")
+            check_exact_positions(positions.max(), tokens.dtype)
             out.append(torch.cat([tokens, positions.to(tokens.device)[representatives].to(tokens.dtype)], dim=1))
         return tuple(out)

@@ -20,8 +20,8 @@ from vllm.model_executor.models.qwen3_vl import (Qwen3VLDummyInputsBuilder, Qwen
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.processing import PromptReplacement
 
-from .common import holitom_config, merge_video, merged_video_tokens
-from .qwen2_5_vl import _EXACT_INTEGERS, _SWITCH_ON_RATE
+from .common import (check_exact_positions, holitom_config, merge_video, merged_video_tokens,
+                     switch_on_position_recompute)
 
 
 class HoliTomQwen3VLMultiModalProcessor(Qwen3VLMultiModalProcessor):
@@ -53,9 +53,7 @@ class HoliTomQwen3VLMultiModalProcessor(Qwen3VLMultiModalProcessor):
 class HoliTomQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
     def __init__(self, *, vllm_config, prefix: str = "model"):
         settings = holitom_config(vllm_config.model_config.hf_config)
-        multimodal = vllm_config.model_config.multimodal_config
-        if not multimodal.is_multimodal_pruning_enabled():  # read while the decoder layers are built
-            multimodal.video_pruning_rate = max(1.0 - settings.retain_ratio, _SWITCH_ON_RATE)
+        switch_on_position_recompute(vllm_config.model_config.multimodal_config, settings)  # read by __init__
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.holitom = settings
 
@@ -80,9 +78,7 @@ class HoliTomQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
             embeds = self._create_final_video_embeddings(
                 video_embeddings=tokens, num_tokens_per_frame=counts, timestamps=timestamps, video_grid_thw=size,
                 retention_mask=representatives)  # indexes the unpruned positions: each token's representative's
-            if embeds[:, -5:-2].max() > _EXACT_INTEGERS.get(embeds.dtype, 2**24):
-                raise ValueError(f"HoliTom: M-RoPE positions up to {int(embeds[:, -5:-2].max())} are not exact "
-                                 f"in {embeds.dtype}; serve this video in float32 or shorten it")
+            check_exact_positions(embeds[:, -5:-2].max(), embeds.dtype)
             out.append(embeds)
         return tuple(out)
 
