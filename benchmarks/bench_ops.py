@@ -16,6 +16,11 @@ the two variants alternating, so machine noise hits both alike.
     python benchmarks/bench_ops.py --frames 8 --repeats 3   # a quick look
     python benchmarks/bench_ops.py --device cuda   # on a GPU (bf16)
     python benchmarks/bench_ops.py --frames 2 --tokens 16 --dim 32 --vision-patches 16 --compiler eager  # plumbing
+    python benchmarks/bench_ops.py --baseline 9260308   # + the merge as of a git revision, compiled, side by side
+
+``--baseline REV`` loads ``holitom_fx`` as of that revision from the repository's history (``git archive``)
+and times its compiled merge in the same alternation: old and new ops measured in one run. (A revision that
+already has the ``holitom::segment_sum`` op cannot be loaded next to today's: the op name is taken.)
 
 The JSON also records the graphs Dynamo compiled after the warm-up and after the timed runs (equal: no
 recompilation while timing).
@@ -24,10 +29,16 @@ recompilation while timing).
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import json
 import logging
 import math
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,8 +46,9 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
+import holitom_fx.ops
 from holitom_fx import HoliTomConfig
-from holitom_fx.ops import attention_received, inner_merge, outer_merge, pool_saliency
+from holitom_fx.ops import attention_received, pool_saliency
 
 log = logging.getLogger("bench_ops")
 
@@ -52,15 +64,33 @@ def synthetic_video(frames: int, tokens: int, dim: int, device: torch.device, dt
     return features.to(device, dtype), saliency.to(device)
 
 
-def holitom_step(features, saliency, config, text_tokens: int):
-    """Outer merge, then the inner merge on a prefill-sized hidden state built from its output."""
-    outer = outer_merge(features, saliency, config)
-    visual = outer.tokens.shape[0]
-    hidden = torch.cat([outer.tokens.new_zeros(text_tokens, outer.tokens.shape[1]), outer.tokens])[None]
-    attention = hidden.float().norm(dim=-1)
-    merged, keep = inner_merge(hidden, attention, torch.tensor([text_tokens], device=hidden.device), visual,
+def merge_step(ops):
+    """Outer merge, then the inner merge on a prefill-sized hidden state built from its output (``ops``: a
+    ``holitom_fx.ops`` module, today's or a baseline revision's)."""
+
+    def holitom_step(features, saliency, config, text_tokens: int):
+        outer = ops.outer_merge(features, saliency, config)
+        visual = outer.tokens.shape[0]
+        hidden = torch.cat([outer.tokens.new_zeros(text_tokens, outer.tokens.shape[1]), outer.tokens])[None]
+        attention = hidden.float().norm(dim=-1)
+        return ops.inner_merge(hidden, attention, torch.tensor([text_tokens], device=hidden.device), visual,
                                config.inner_ratio)
-    return merged, keep
+
+    return holitom_step
+
+
+def baseline_package(revision: str):
+    """``(ops, HoliTomConfig)`` of ``holitom_fx`` as of a git revision, imported as ``holitom_baseline``."""
+    root = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(root), "archive", revision, "holitom_fx"], check=True,
+                             capture_output=True).stdout
+    folder = Path(tempfile.mkdtemp(prefix="holitom_baseline_"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    (folder / "holitom_fx").rename(folder / "holitom_baseline")
+    sys.path.insert(0, str(folder))
+    return (importlib.import_module("holitom_baseline.ops"),
+            importlib.import_module("holitom_baseline.config").HoliTomConfig)
 
 
 def saliency_step(query, key, attn_mask, scale, drop_leading: int, side: int, pooled_side: int):
@@ -98,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--compiler", choices=("inductor", "eager"), default="inductor",
                         help="eager: Dynamo traces, graphs run uncompiled (a seconds-long check of the plumbing)")
+    parser.add_argument("--baseline", metavar="REV", default=None,
+                        help="also time the compiled merge of holitom_fx as of this git revision (side by side)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:  # before compiling: Inductor's C++ kernels take their OpenMP thread count from it
@@ -111,13 +143,17 @@ def main(argv: list[str] | None = None) -> None:
     side = math.isqrt(args.vision_patches)
     query, key = vision_qk(args.frames, args.vision_heads, args.vision_patches, args.vision_head_dim, device, dtype)
     calls = {
-        "merge": (holitom_step, (features, saliency, config, 14)),
+        "merge": (merge_step(holitom_fx.ops), (features, saliency, config, 14)),
         "saliency": (saliency_step, (query, key, None, args.vision_head_dim ** -0.5, 0, side, (side + 1) // 2)),
     }
     variants = {}
     for part, (fn, inputs) in calls.items():
         variants[f"{part}/eager"] = (fn, inputs)
         variants[f"{part}/compiled"] = (torch.compile(fn, fullgraph=True, backend=args.compiler), inputs)
+    if args.baseline:
+        baseline_ops, baseline_config = baseline_package(args.baseline)
+        variants["merge/baseline"] = (torch.compile(merge_step(baseline_ops), fullgraph=True, backend=args.compiler),
+                                      (features, saliency, baseline_config(), 14))
 
     compile_s = {}
     for name, (fn, inputs) in variants.items():  # compile (the compiled ones) and warm up
@@ -144,6 +180,9 @@ def main(argv: list[str] | None = None) -> None:
         part, variant = name.split("/")
         print(f"{part:<9} {variant:<10} {medians[name]:>10.1f} {min(values) * 1e3:>8.1f} "
               f"{medians[part + '/eager'] / medians[name]:>8.2f}x")
+    if args.baseline:
+        print(f"compiled merge vs {args.baseline}'s compiled merge: "
+              f"{medians['merge/baseline'] / medians['merge/compiled']:.2f}x faster")
     totals = {v: medians[f"merge/{v}"] + medians[f"saliency/{v}"] for v in ("eager", "compiled")}
     print(f"{'total':<9} {'eager':<10} {totals['eager']:>10.1f}\n{'total':<9} {'compiled':<10} "
           f"{totals['compiled']:>10.1f} {'':>8} {totals['eager'] / totals['compiled']:>8.2f}x")
@@ -154,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
               "vision_head_dim": args.vision_head_dim, "threads": torch.get_num_threads(),
               "device": device.type, "repeats": args.repeats, "median_ms": medians, "total_ms": totals,
               "samples_ms": {k: [v * 1e3 for v in vs] for k, vs in samples.items()}, "compile_s": compile_s,
-              "compiler": args.compiler, "graphs": graphs}
+              "compiler": args.compiler, "graphs": graphs, "baseline": args.baseline}
     (args.out / "bench_ops.json").write_text(json.dumps(record, indent=2))
     try:
         import matplotlib

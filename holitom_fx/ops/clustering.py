@@ -1,4 +1,4 @@
-"""Spec steps 8-9 vectorized over groups: ranking, DPC-KNN and cluster merging.
+"""Spec step 8 vectorized over groups: ranking and DPC-KNN (``outer.py`` folds the clusters, step 9).
 
 Tokens are laid out ``[T, N]``; a *group* is a set of tokens clustered together
 (the static tokens of a segment, or the dynamic tokens of one frame). Every group
@@ -94,26 +94,3 @@ def dpc_knn_centres(
     target = torch.where(keep_self, index[None, :].expand(num_frames, -1), nearest_centre)
     return is_centre, target
 
-
-def merge_into_centres(
-    units: torch.Tensor,
-    is_member: torch.Tensor,
-    target: torch.Tensor,
-    beta: float,
-) -> torch.Tensor:
-    """Spec step 9: ``beta * centre + (1 - beta) * mean(members)``, or the centre alone.
-
-    ``units[T, N, E]`` fp32, ``is_member[T, N]`` marks non-centre tokens folded into
-    ``target[T, N]`` (a token index within the same frame). Returns ``[T, N, E]`` where the
-    row of every centre holds its merged token and every other row is unchanged.
-    The merge is one per-frame ``[N, N] @ [N, E]`` product (BLAS) rather than a scatter.
-    """
-    num_tokens = units.shape[1]
-    index = torch.arange(num_tokens, device=units.device)
-    joins = is_member[:, None, :] & (target[:, None, :] == index[None, :, None])  # [T, centre, member]
-    counts = joins.sum(-1).to(units.dtype)
-    self_weight = torch.where(counts > 0, beta, 1.0)
-    member_weight = (1.0 - beta) / counts.clamp(min=1.0)
-    eye = torch.eye(num_tokens, dtype=torch.bool, device=units.device)
-    coefficients = torch.where(eye, self_weight[:, :, None], 0.0) + joins * member_weight[:, :, None]
-    return coefficients @ units

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import values_checkable
+from .segment import segment_sum
 
 
 def inner_kept_count(span_length: int, ratio: float) -> int:
@@ -85,7 +86,9 @@ def inner_merge(
     m_of_target = members.gather(1, target)
     w_dropped = torch.exp2(-(m_of_target - order_in_target + 1).to(h.dtype))
     w_kept = torch.exp2(-members.to(h.dtype))
-    folded = h_kept * w_kept[..., None] + (member.to(h.dtype) * w_dropped[..., None]).transpose(1, 2) @ h_dropped
+    slot = (torch.arange(batch, device=device)[:, None] * n_keep + target).flatten()
+    folded_in = segment_sum((h_dropped * w_dropped[..., None]).view(batch * n_drop, dim), slot, batch * n_keep)
+    folded = h_kept * w_kept[..., None] + folded_in.view(batch, n_keep, dim)
 
     merged = h.scatter(1, kept_index[..., None].expand(-1, -1, dim), folded).to(hidden.dtype)
     survives = torch.ones(batch, length, dtype=torch.bool, device=device).scatter(1, dropped_index, False)

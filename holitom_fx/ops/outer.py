@@ -33,7 +33,8 @@ import torch
 
 from ..config import HoliTomConfig
 from .checks import values_checkable
-from .clustering import dpc_knn_centres, merge_into_centres, pairwise_distance, rank_within_groups
+from .clustering import dpc_knn_centres, pairwise_distance, rank_within_groups
+from .segment import segment_sum
 from .segmentation import Segmentation, frame_similarity, segment_frames, static_token_mask
 
 
@@ -121,18 +122,9 @@ def outer_merge(features: torch.Tensor, saliency: torch.Tensor, config: HoliTomC
     representative = static & first_frame
     absorbed = static & ~first_frame
 
-    same_window = segmentation.segment_id[:, None] == segmentation.segment_id[None, :]
-    averaging = same_window.to(x.dtype) / same_window.sum(1, keepdim=True)  # [T, T]: window mean
     if carried is not None and carried.shape[:2] != features.shape[:2]:
         raise ValueError(f"outer_merge: carried must be [T, N, C] = {tuple(features.shape[:2])} + [C], "
                          f"got {tuple(carried.shape)}")
-
-    def window_units(values: torch.Tensor) -> torch.Tensor:
-        """Static representatives carry their window's mean, every other token itself."""
-        window_mean = (averaging @ values.reshape(num_frames, -1)).view_as(values)
-        return torch.where(representative[..., None], window_mean, values)
-
-    units = window_units(x)
 
     absorbed_group = 2 * num_frames
     num_groups = absorbed_group + 1
@@ -161,19 +153,76 @@ def outer_merge(features: torch.Tensor, saliency: torch.Tensor, config: HoliTomC
     is_dominant = rank.view(num_frames, num_tokens) < dominant[group]
     in_pool = ~absorbed & ~is_dominant & (clusters > 0)
 
-    is_centre, target = dpc_knn_centres(
-        pairwise_distance(units), group, in_pool, clusters, config.knn, num_groups)
-    merged = merge_into_centres(units, in_pool & ~is_centre, target, config.beta)
-
-    # Output order (step 10): frame, then static / dominant / contextual, then position.
+    # Order of the output (step 10): frame, then static / dominant / contextual, then position; the
+    # chosen tokens (centres and dominant ones) first. ``output_slot`` of a flat token: its place there.
     token_class = torch.where(representative, 0, torch.where(is_dominant, 1, 2))
     position = torch.arange(num_tokens, device=device)[None, :]
     order_key = frames[:, None] * (3 * num_tokens) + token_class * num_tokens + position
+
+    # Clustering happens only in the frames that hold pool tokens. With D = 0 those are static
+    # representatives, which sit in the first frame of a window of >= 2 frames: at most T // 2 frames,
+    # taken first in time order (then other frames, whose pool is empty, as padding).
+    if config.contextual_ratio > 0:
+        pool_frame_count, holds_pool = num_frames, torch.ones_like(frames, dtype=torch.bool)
+    else:
+        pool_frame_count = num_frames // 2
+        holds_pool = first_frame[:, 0] & (segmentation.window_end > segmentation.window_start)
+    frame_key = torch.where(holds_pool, frames, num_frames + frames)
+    frame_order = torch.sort(frame_key).indices
+    pool_frames = frame_order[:pool_frame_count]
+    frame_rank = torch.argsort(frame_order)  # a frame's row among the pool frames when < K
+    pool_row = frame_rank.clamp(max=max(pool_frame_count - 1, 0))
+    in_pool_frame = frame_rank < pool_frame_count
+    # Every frame's window sum goes to its window's first frame's row (or a spare slot).
+    window_slot = frame_rank[segmentation.window_start].clamp(max=pool_frame_count)
+    window_length = (segmentation.window_end - segmentation.window_start + 1)[pool_frames]
+    pool_representative = representative[pool_frames]
+
+    def pool_units(values: torch.Tensor) -> torch.Tensor:
+        """``[K, N, C]``: the pool frames' tokens, static representatives as their window's mean."""
+        sums = segment_sum(values.reshape(num_frames, -1), window_slot, pool_frame_count + 1)
+        means = sums[:pool_frame_count].view(pool_frame_count, num_tokens, values.shape[-1])
+        means = means / window_length[:, None, None]
+        return torch.where(pool_representative[..., None], means, values[pool_frames])
+
+    units = pool_units(x)
+    is_centre = torch.zeros_like(in_pool)
+    target = position.expand(num_frames, -1)
+    if pool_frame_count > 0:
+        pool_centre, pool_target = dpc_knn_centres(
+            pairwise_distance(units), group[pool_frames], in_pool[pool_frames], clusters[pool_frames],
+            config.knn, num_groups)
+        is_centre = in_pool_frame[:, None] & pool_centre[pool_row]
+        target = torch.where(in_pool_frame[:, None], pool_target[pool_row], target)
+
     order_key = torch.where(is_dominant | is_centre, order_key, 3 * grid + order_key).flatten()
-    chosen = torch.sort(order_key).indices[:total]
-    tokens = merged.reshape(grid, dim)[chosen].to(features.dtype)
+    order = torch.sort(order_key).indices
+    chosen = order[:total]
+    output_slot = torch.argsort(order).clamp(max=total)  # the unchosen share one spare slot
+
+    # Spec step 9: a centre becomes beta * itself + (1 - beta) * the mean of its members.
+    pool_member = (in_pool & ~is_centre)[pool_frames]
+    member_slot = torch.where(
+        pool_member, output_slot[pool_frames[:, None] * num_tokens + target[pool_frames]], total).flatten()
+    members = torch.zeros(total + 1, dtype=torch.long, device=device).scatter_add(
+        0, member_slot, torch.ones_like(member_slot))[:total, None]
+    chosen_frame, chosen_position = chosen // num_tokens, chosen % num_tokens
+    chosen_row = pool_row[chosen_frame] * num_tokens + chosen_position
+    chosen_in_pool = in_pool_frame[chosen_frame]  # its unit is in ``units`` (a window mean, or itself)
+
+    def merged_tokens(values: torch.Tensor, values_units: torch.Tensor) -> torch.Tensor:
+        """``[M, C]`` output tokens: each chosen token, its members folded in."""
+        flat_units = values_units.reshape(pool_frame_count * num_tokens, values.shape[-1])
+        base = values.reshape(grid, -1)[chosen]
+        if pool_frame_count > 0:
+            base = torch.where(chosen_in_pool[:, None], flat_units[chosen_row], base)
+        member_sum = segment_sum(flat_units, member_slot, total + 1)[:total]
+        folded = config.beta * base + (1.0 - config.beta) * member_sum / members.clamp(min=1)
+        return torch.where(members > 0, folded, base)
+
+    tokens = merged_tokens(x, units).to(features.dtype)
     kept_carried = None
     if carried is not None:  # the same weights, applied apart so the tokens stay bit-identical
-        carried_merged = merge_into_centres(window_units(carried.float()), in_pool & ~is_centre, target, config.beta)
-        kept_carried = carried_merged.reshape(grid, -1)[chosen].to(carried.dtype)
+        carried_values = carried.float()
+        kept_carried = merged_tokens(carried_values, pool_units(carried_values)).to(carried.dtype)
     return OuterMergeResult(tokens=tokens, positions=chosen, segmentation=segmentation, carried=kept_carried)
