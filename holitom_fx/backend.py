@@ -179,6 +179,7 @@ class HoliTomBackend:
 
     def _compile(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
         ctx = self._context()
+        ctx.graph_break = _graph_break_reason(gm)
         view = DataflowView(gm.graph, ctx.vision_classes)  # the backend's questions about the graph as traced
         placement = self._placement(view, ctx)
         if placement is not None and (is_symbolic(gm) or (placement == "cat" and scalar_reads(gm))):
@@ -423,6 +424,21 @@ def _static_examples(gm: fx.GraphModule, tensors: list[torch.Tensor]) -> list[to
     if fake is None or fake.fake_mode.shape_env is None:
         return tensors
     return [fake.fake_mode.from_tensor(t, static_shapes=True) for t in tensors]
+
+
+def _graph_break_reason(gm: fx.GraphModule) -> str | None:
+    """Dynamo's reason for ending ``gm`` at a graph break (``compile_subgraph_reason``, set on the graph it hands a
+    backend; private, so absent means unknown): its first line and the user line it broke at; None otherwise."""
+    reason = getattr(gm, "compile_subgraph_reason", None)
+    if reason is None or not getattr(reason, "graph_break", False):
+        return None
+    lines = [line.strip() for line in str(getattr(reason, "reason", "")).splitlines() if line.strip()]
+    text = lines[0] if lines else "unknown reason"
+    stack = getattr(reason, "user_stack", None) or []
+    if stack:
+        frame = stack[-1]
+        text += f" at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} `{(frame.line or '').strip()}`"
+    return text
 
 
 def _is_prefill(view: DataflowView) -> bool:

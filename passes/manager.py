@@ -6,6 +6,7 @@ import logging
 
 import torch
 import torch.fx as fx
+from torch._dispatch.python import enable_python_dispatcher
 from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
@@ -93,7 +94,8 @@ class PassManager:
                 fake_mode = next((n.meta["example_value"].fake_mode for n in placeholders
                                   if _dynamic_example(n) is not None), fake_mode)
                 fakes = [_fake_input(fake_mode, node, x) for node, x in zip(placeholders, inputs)]
-                FakeTensorProp(gm, fake_mode).propagate_dont_convert_inputs(*fakes)
+                with enable_python_dispatcher():  # as Dynamo traced: symbolic sizes reach the Python decompositions
+                    FakeTensorProp(gm, fake_mode).propagate_dont_convert_inputs(*fakes)
         except Exception as err:  # any inconsistency means the rewrite is unsafe
             first_line = next((line for line in str(err).splitlines() if line.strip()), "")
             raise RewriteError(f"rewritten graph does not propagate shapes: {type(err).__name__}: {first_line}") \

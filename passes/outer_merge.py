@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 from dataclasses import astuple
 
+import torch
 import torch.fx as fx
 
 from holitom_fx.archs import infer_saliency_grid, spatial_merge
@@ -53,6 +54,22 @@ def _add_placeholder(graph: fx.Graph, name: str) -> fx.Node:
         return mark_inserted(graph.placeholder(name))
 
 
+def _graph_break_note(reason: str | None) -> str:
+    """Why the graph that scatters the video runs no decoder layer: Dynamo's own reason for ending it where it
+    has one. A branch on a data-dependent size cannot be captured by any Dynamo setting (it would have to guard
+    on data), so that is said; a data-dependent output shape can be (``capture_dynamic_output_shape_ops``)."""
+    note = "no decoder layer runs in the graph that scatters the video (a graph break after the boundary"
+    note += f": {reason})" if reason else ")"
+    if reason and "data-dependent expression" in reason:
+        note += ("; the model branches on a data-dependent size there, which Dynamo cannot capture in one graph "
+                 "(no Dynamo setting does): the prefill's later graphs would read the merged sequence beside the "
+                 "model's own full-length masks and positions, so it is left unmerged")
+    elif not torch._dynamo.config.capture_dynamic_output_shape_ops:
+        note += ("; set torch._dynamo.config.capture_dynamic_output_shape_ops=True (a HoliTom backend sets it when "
+                 "created): a boolean-mask index after the boundary breaks the graph without it")
+    return note
+
+
 class OuterMergePass:
     """Insert ``outer_stage`` right after the video boundary and reroute every later read of the sequence."""
 
@@ -72,9 +89,7 @@ class OuterMergePass:
                 ctx.view.order[n] > ctx.view.order[scatter] for n in ctx.view.layers.decoder):
             # A model's graph ending soon after the boundary (a graph break): later graphs would read a
             # shortened sequence next to the model's own full-length positions and masks.
-            ctx.notes.append("no decoder layer runs in the graph that scatters the video (a graph break after "
-                             "the boundary); for Qwen3-VL set torch._dynamo.config.capture_dynamic_output_shape_ops"
-                             "=True (a HoliTom backend sets it when created)")
+            ctx.notes.append(_graph_break_note(ctx.graph_break))
             return 0
         if shape_of(sequence) is None or len(shape_of(sequence)) != 3 or shape_of(features) is None:
             raise RewriteError(f"the sequence at {scatter.name} is not [B, L, E] with static shapes")

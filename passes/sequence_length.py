@@ -21,6 +21,7 @@ from .dataflow import ROTARY_TARGETS
 
 _PAD_TARGETS = (torch.nn.functional.pad, torch._C._nn.pad, torch.constant_pad_nd)
 _MAX_TOP_K = 16  # arange(k * L) after the boundary, k <= this, is read as k entries per token
+_CLAMPS = (torch.clamp, torch.clip, torch.clamp_max, "clamp", "clip", "clamp_max", "clamp_", "clip_", "clamp_max_")
 _SCALAR_COMPARISONS = (operator.eq, operator.ne, operator.ge, operator.gt, operator.le, operator.lt)
 
 
@@ -49,6 +50,20 @@ def _gather_tokens_of(values: torch.Tensor, source: torch.Tensor) -> torch.Tenso
     """``values[b, source[b, j], ...]``: each token's value of the original token it stands for."""
     index = source.reshape(*source.shape, *[1] * (values.dim() - 2)).expand(*source.shape, *values.shape[2:])
     return values.gather(1, index)
+
+
+def _resized_clamp(node: fx.Node, old: int, new: int) -> tuple[tuple, dict] | None:
+    """``clamp(x, min, L - 1)``: an index clamped into the sequence (``safe = idx.clamp(0, seq_len - 1)`` before a
+    gather along it) is clamped into the shortened one; None where the upper bound is not ``L - 1``."""
+    args, kwargs = list(node.args), dict(node.kwargs)
+    upper_at = 0 if node.target in (torch.clamp_max, "clamp_max", "clamp_max_") else 1
+    if "max" in kwargs and kwargs["max"] == old - 1 and not isinstance(kwargs["max"], bool):
+        kwargs["max"] = new - 1
+    elif len(args) > upper_at + 1 and args[upper_at + 1] == old - 1 and not isinstance(args[upper_at + 1], bool):
+        args[upper_at + 1] = new - 1
+    else:
+        return None
+    return tuple(args), kwargs
 
 
 def _resized_pad(node: fx.Node, old: int, new: int) -> tuple | None:
@@ -164,6 +179,9 @@ class SequenceLengthPass:
             if pad is not None:
                 args = (args[0], pad, *args[2:]) if len(args) > 1 else args
                 kwargs = {**kwargs, "pad": pad} if "pad" in kwargs else kwargs
+            clamp = _resized_clamp(node, old, new) if node.target in _CLAMPS else None
+            if clamp is not None:
+                args, kwargs = clamp
             if node.target is torch.arange and args == node.args:  # a range over token-expert pairs (MoE top-k)
                 for multiple in range(2, _MAX_TOP_K + 1):
                     args = _replace_int(args, multiple * old, multiple * new)

@@ -125,3 +125,16 @@ def test_full_length_caches_with_dropped_slots_masked_attend_as_the_short_caches
     unmasked = F.scaled_dot_product_attention(query, full_key, full_value)
     if keep.shape[1] < length:  # the mask is what makes them equal
         assert not torch.allclose(unmasked, expected, atol=1e-5)
+
+
+@given(inner_inputs(), st.integers(2, 4))
+def test_several_streams_per_token_merge_as_one_vector(inputs, streams):
+    """``[B, L, N, E]`` (hyper-connections' residual streams) is merged as ``[B, L, N*E]``: the same kept tokens,
+    each stream folded with the same weights."""
+    hidden, attention, starts, span, ratio = inputs
+    many = torch.cat([hidden * (s + 1) + s for s in range(streams)], dim=-1).unflatten(-1, (streams, -1))
+    out, keep = inner_merge(many, attention, torch.tensor(starts), span, ratio)
+    expected, expected_keep = ref.inner_merge_loop(many.flatten(2), attention, starts, span, ratio)
+    assert out.shape == (many.shape[0], expected.shape[1], *many.shape[2:])
+    assert keep.tolist() == expected_keep
+    torch.testing.assert_close(out, expected.unflatten(-1, many.shape[2:]), rtol=1e-5, atol=1e-5)

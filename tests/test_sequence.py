@@ -85,3 +85,24 @@ def test_pads_along_the_sequence_keep_their_output_length(pad, expected):
     old, new = x.meta["example_value"].shape[1], x.meta["example_value"].shape[1] - 16
     node = graph.call_function(torch.nn.functional.pad, (x, pad))
     assert _resized_pad(node, old, new) == expected
+
+
+@pytest.mark.parametrize("target, args, kwargs, expected", [
+    ("clamp", (0, 40), {}, ((0, 24), {})),                  # an index clamped into the sequence: into L'
+    (torch.clamp, (0,), {"max": 40}, ((0,), {"max": 24})),  # the bound given by name
+    ("clamp_max", (40,), {}, ((24,), {})),                  # clamp_max's bound is its first argument
+    ("clamp", (0, 41), {}, None),                           # L itself is the literal rewrite's, not this one's
+    ("clamp", (40, 100), {}, None),                         # L - 1 as the lower bound is not an index's clamp
+    ("clamp", (0, 7), {}, None),                            # another bound stays
+])
+def test_an_index_clamped_to_the_last_token_follows_the_shortened_sequence(target, args, kwargs, expected):
+    from passes.sequence_length import _resized_clamp
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    if isinstance(target, str):
+        node = graph.call_method(target, (x, *args), kwargs)
+    else:
+        node = graph.call_function(target, (x, *args), kwargs)
+    resized = _resized_clamp(node, 41, 25)
+    assert resized == (None if expected is None else ((x, *expected[0]), expected[1]))

@@ -27,7 +27,8 @@ def inner_merge(
     """Shorten ``hidden[B, L, E]`` by folding the least-attended visual tokens.
 
     Args:
-        hidden: layer-K input hidden states.
+        hidden: layer-K input hidden states; ``[B, L, *S]`` (a residual stream of several vectors per token:
+            hyper-connections' ``[B, L, N, E]``) is merged as ``[B, L, prod(S)]``, each token one vector.
         attention: ``[B, L]`` head-averaged attention of the last query at layer K-1.
         span_start: LongTensor[B], first visual token of each row (left padding moves it).
         span_length: V, visual tokens per row (the same for every row).
@@ -42,9 +43,12 @@ def inner_merge(
     Returns ``(hidden[B, L', E], keep[B, L'])``, ``keep`` holding the original indices of the
     surviving tokens in order (use it to gather positions).
     """
-    if hidden.dim() != 3 or attention.shape != hidden.shape[:2]:
-        raise ValueError(f"inner_merge: hidden must be [B, L, E] and attention [B, L], got "
+    if hidden.dim() < 3 or attention.shape != hidden.shape[:2]:
+        raise ValueError(f"inner_merge: hidden must be [B, L, E] (or [B, L, *S]) and attention [B, L], got "
                          f"{tuple(hidden.shape)} and {tuple(attention.shape)}")
+    if hidden.dim() > 3:
+        merged, keep = inner_merge(hidden.flatten(2), attention, span_start, span_length, ratio, visual)
+        return merged.unflatten(2, hidden.shape[2:]), keep
     batch, length, dim = hidden.shape
     if visual is not None:
         if visual.shape != (batch, span_length):
