@@ -6,7 +6,7 @@
     python benchmarks/scaling.py --frames 2 4 --tokens 16 --dim 32 --compiler eager   # plumbing, seconds
 
 Each frame count runs in a fresh subprocess (so its peak memory is its own: ``ru_maxrss`` on a CPU,
-``torch.cuda.max_memory_allocated`` on a GPU), compiles ``bench_ops.holitom_step`` with
+``torch.cuda.max_memory_allocated`` on a GPU), compiles ``bench_ops.merge_step`` with
 ``torch.compile(fullgraph=True)`` (compile time = the first call), then times ``--repeats`` calls
 (median). The growth exponent is the least-squares slope of log(time) on log(frames): 1 is linear.
 Prints a table, writes ``scaling.json`` and ``scaling.png`` (time per frame, peak memory and compile time
@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
-from bench_ops import holitom_step, synthetic_video, timed
+from bench_ops import merge_step, synthetic_video, timed
 
+import holitom_fx.ops
 from holitom_fx import HoliTomConfig
 
 log = logging.getLogger("scaling")
@@ -40,7 +41,7 @@ def one(frames: int, tokens: int, dim: int, repeats: int, device: str, dtype: st
     device_, dtype_ = torch.device(device), getattr(torch, dtype)
     sync = torch.cuda.synchronize if device_.type == "cuda" else (lambda: None)
     features, saliency = synthetic_video(frames, tokens, dim, device_, dtype_)
-    step = torch.compile(holitom_step, fullgraph=True, backend=compiler)
+    step = torch.compile(merge_step(holitom_fx.ops), fullgraph=True, backend=compiler)
     config = HoliTomConfig(retain_ratio=0.1, tau=0.8)
     compile_s = timed(lambda: step(features, saliency, config, 14), sync)
     samples = [timed(lambda: step(features, saliency, config, 14), sync) for _ in range(repeats)]
