@@ -14,7 +14,11 @@ keeps (``holitom_fx.encoded_grid``); each span is then t frames of (h/m)*(w/m) t
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class GridError(ValueError):
@@ -96,8 +100,9 @@ def encoded_frame_grid(input_ids: torch.Tensor, token_id: int, grid_thw: torch.T
     video per span (row-major), from the grid ``[V, 3]`` (t, h, w) the video encoder was called with: a
     span of ``t * (h/m) * (w/m)`` tokens is t frames of ``(h/m) * (w/m)`` (``merge`` = (m, m), the encoder's
     spatial merge; None: ``span / t`` per frame, one entry per span). A span may hold several consecutive
-    entries of one (h, w) (GLM-5-Next encodes each frame as an entry of t = 1): their frames add up. ``GridError`` when the spans and the grid disagree (another
-    video was encoded last), or the encoder pooled the frames together (no frames left in the span)."""
+    entries of one (h, w) (GLM-5-Next encodes each frame as an entry of t = 1): their frames add up. An encoder
+    that pools a video's temporal patches into one frame (Kimi-K2.5) gives a one-frame video. ``GridError``
+    when the spans and the grid disagree (another video was encoded last)."""
     if grid_thw.ndim != 2 or grid_thw.shape[-1] != 3:
         raise GridError(f"the encoded grid {tuple(grid_thw.shape)} is not [V, 3]")
     spans = _placeholder_spans(input_ids, token_id)
@@ -113,9 +118,11 @@ def encoded_frame_grid(input_ids: torch.Tensor, token_id: int, grid_thw: torch.T
             t, h, w = thw[row]
             per_frame = (h // merge[0]) * (w // merge[1]) if merge is not None else length // max(t, 1)
             if merge is not None and t > 1 and tokens == 0 and per_frame == length:
-                raise GridError(f"the encoder made one frame of {per_frame} tokens of the video's {t} temporal "
-                                f"patches (grid t, h, w = {t}, {h}, {w}): it pools frames together, no frames to "
-                                "segment")
+                # The encoder pooled the t temporal patches into one frame (Kimi-K2.5): a one-frame video,
+                # which HoliTom merges spatially (no temporal windows to find).
+                log.info("the video encoder made one frame of %d tokens of %d temporal patches (grid t, h, w = "
+                         "%d, %d, %d): merged as a one-frame video", per_frame, t, t, h, w)
+                t = 1
             frames, tokens, row = frames + t, tokens + t * per_frame, row + 1
             sides.add(per_frame)
         if tokens != length or len(sides) != 1 or not frames:

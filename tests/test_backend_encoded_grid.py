@@ -4,7 +4,7 @@ its grid, so the prefill graph holds no frame structure; the grid (t, h, w) the 
 kept by the bound backend (``holitom_fx.encoded_grid``) and each span read as t frames of (h/m)*(w/m) tokens
 (``passes/frame_grid.encoded_frame_grid``), re-read per prefill. Identity at r=1 for each, the outer stage
 against an eager reference built from EXAONE-4.5's own encoder and forward, a stale grid refused, and
-Kimi-K2.5 refused (its encoder pools the frames)."""
+Kimi-K2.5 (its encoder pools the frames) merged as a one-frame video."""
 
 from __future__ import annotations
 
@@ -45,9 +45,9 @@ def test_identity_at_full_retain_without_inner_stage(name):
 
 
 @torch.no_grad()
-def merged_prompt(model, inputs, cfg):
-    """EXAONE-4.5's prompt after the outer stage applied by hand: its own encoder's features as t frames of
-    (h/m)*(w/m), feature-norm saliency, the merged tokens spliced in place of the span."""
+def merged_prompt(model, inputs, cfg, frames=None):
+    """The prompt after the outer stage applied by hand: the model's own encoder's features as t frames of
+    (h/m)*(w/m) (or ``frames`` frames), feature-norm saliency, the merged tokens spliced in place of the span."""
     ids = inputs["input_ids"]
     features = torch.cat(model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
                                                         video_grid_thw=inputs["video_grid_thw"]).pooler_output)
@@ -55,7 +55,8 @@ def merged_prompt(model, inputs, cfg):
     embeds = model.get_input_embeddings()(ids).masked_scatter(mask[..., None], features)
     t, h, w = inputs["video_grid_thw"][0].tolist()
     m_h, m_w = spatial_merge(model.config)
-    grid = features.reshape(t, (h // m_h) * (w // m_w), -1)
+    grid = features.reshape(t, (h // m_h) * (w // m_w), -1) if frames is None else features.reshape(frames, -1,
+                                                                                                    features.shape[-1])
     out = outer_merge(grid, feature_saliency(grid), cfg)
     start = int(torch.nonzero(mask[0])[0])
     hidden, _ = splice_span(embeds, torch.tensor([start]), features.shape[0], out.tokens[None],
@@ -102,8 +103,18 @@ def test_a_prefill_without_its_own_encoder_call_is_not_merged():
 
 
 @torch.no_grad()
-def test_kimi_k25_is_refused_because_its_encoder_pools_the_frames():
+def test_kimi_k25_merges_its_pooled_video_as_one_frame():
+    """Kimi-K2.5's encoder pools the video's temporal patches into one frame of 16 tokens: HoliTom merges it as a
+    one-frame video (spatial merging: the saliency top half at r = 0.5), equal to the outer stage by hand."""
     model, backend = KIMI.compiled(OUTER)
-    greedy_with_step_logits(model, KIMI.prompt, 2)
-    assert backend.last_report is None
-    assert any(g.fallback and "pools frames together" in g.fallback for g in backend.graphs)
+    tokens, steps = greedy_with_step_logits(model, KIMI.prompt, 4)
+    report = backend.last_report
+    assert report is not None and backend.fallbacks == 0
+    assert (report.frames, report.tokens_in, report.tokens_after_outer) == (1, 16, 8)
+
+    hidden = merged_prompt(KIMI.tiny(), KIMI.prompt, OUTER, frames=1)
+    length = hidden.shape[1]
+    expected_steps, expected_tokens = reference_pipeline.forward_greedy(
+        KIMI.tiny(), hidden, torch.arange(length)[None], lambda step: torch.tensor([[length + step]]), 4)
+    torch.testing.assert_close(steps, expected_steps, rtol=1e-4, atol=1e-4)
+    assert tokens == [expected_tokens]
