@@ -27,6 +27,7 @@ from passes.outer_merge import video_placement
 from passes.specialize import ScalarProbe, is_symbolic, scalar_reads, specialize, symbol_bindings
 
 from .archs import VideoLayout, layout_for
+from .eager_calls import EagerCalls
 from .encoded_grid import EncodedGrids
 from .config import HoliTomConfig
 
@@ -136,6 +137,12 @@ class HoliTomBackend:
         self.graphs: list[GraphRecord] = []
         self.fallbacks = 0
         self.saliency_fallbacks = 0
+        # calls of the bound model that ran outside Dynamo where HoliTom had work: a video prompt (not merged),
+        # a decode step after a merged prefill (not shifted); said once per model (EagerCalls)
+        self.uncompiled_calls = 0
+        self._said_uncompiled: set[int] = set()
+        self._last_prefill_merged = False  # decoding now continues a merged prefill
+        self._eager: EagerCalls | None = None
         self.last_report: HoliTomReport | None = None
         self._said_saliency_fallback = False
         self._said_fallbacks: set[str] = set()
@@ -151,7 +158,55 @@ class HoliTomBackend:
         if self._encoded is not None:
             self._encoded.remove()
         self._encoded = EncodedGrids(model)
+        if self._eager is not None:
+            self._eager.remove()
+        model_id, name = id(model), type(model).__name__
+        self._eager = EagerCalls(model, lambda ids: self._uncompiled_call(ids, model_id, name))
         return self
+
+    def _video_ids(self) -> tuple[int, ...]:
+        """The ids marking video placeholders in the bound model's prompts: the config's, else the model's."""
+        if self.config.video_token_id is not None:
+            return (self.config.video_token_id,)
+        config, layout, _ = self._bound or (None, None, frozenset())
+        known = layout.video_token_id(config) if layout is not None and config is not None else None
+        return (known,) if known is not None else ()
+
+    def _uncompiled_call(self, ids: torch.Tensor, model_id: int, name: str) -> None:
+        """The bound model embedded ``ids`` outside Dynamo (``EagerCalls``): that call runs uncompiled, none of
+        HoliTom's graphs with it. A video prompt is then not merged; a decode step after a merged prefill is
+        not shifted to the merged positions. Counted in ``uncompiled_calls``, said once per model."""
+        video = any(bool((ids == token).any()) for token in self._video_ids())
+        decode_after_merge = not video and self._last_prefill_merged and ids.shape[-1] == 1
+        if not decode_after_merge:  # a prompt: decoding after it continues at its own positions
+            self._unmerged_prefill_state()
+        if not video and not decode_after_merge:
+            return
+        self.uncompiled_calls += 1
+        if model_id in self._said_uncompiled:
+            return
+        self._said_uncompiled.add(model_id)
+        what = ("a prompt with video placeholders ran uncompiled: HoliTom did not merge it" if video else
+                "a decode step after a merged prefill ran uncompiled: its positions are not HoliTom's")
+        fix = ("compile each model in a Dynamo region of its own: holitom_fx.compile(model, config) does, or "
+               "model.compile(backend=backend, isolate_recompiles=True)" if ISOLATES_RECOMPILES else
+               "raise the limit before compiling: torch._dynamo.config.recompile_limit = 64")
+        log.warning("HoliTom: %s (%s; counted in backend.uncompiled_calls). Likely cause: Dynamo reached "
+                    "torch._dynamo.config.recompile_limit (%d) on a code object that every transformers model "
+                    "shares (the forward wrapper in transformers.utils.generic), as when several models are "
+                    "compiled in one process, and runs that frame eagerly from then on (its own 'hit "
+                    "config.recompile_limit' warning names it). Fix: %s. If the model is not compiled at all: "
+                    "model.compile(backend=backend) (torch.compile(model) returns a wrapper whose .generate "
+                    "runs the model uncompiled).", what, name, torch._dynamo.config.recompile_limit, fix)
+
+    def _unmerged_prefill_state(self) -> None:
+        """A prompt ran unmerged: decoding after it continues at its own positions, with every cache slot."""
+        for shift in self._shifts.values():
+            shift.zero_()
+        self._vision_saliency = None  # an image's, or unused: never for a later prefill
+        self._kept_slots = None
+        self._last_prefill_merged = False
+        self._take_encoded_grid()
 
     def _encoded_grid(self) -> torch.Tensor | None:
         return self._encoded.last if self._encoded is not None else None
@@ -355,14 +410,11 @@ class HoliTomBackend:
         if video is None:
             if not prefill:
                 return compiled
-            shifts = [self._shift_tensor(name, device) for name in (POSITION_SHIFT, DERIVED_POSITION_SHIFT)]
+            for name in (POSITION_SHIFT, DERIVED_POSITION_SHIFT):
+                self._shift_tensor(name, device)
 
             def unmerged_prefill(*args):  # decoding after it continues at its own positions
-                for shift in shifts:
-                    shift.zero_()
-                self._vision_saliency = None  # an image's, or unused: never for a later prefill
-                self._kept_slots = None
-                self._take_encoded_grid()
+                self._unmerged_prefill_state()
                 return compiled(*args)
 
             return unmerged_prefill
@@ -398,6 +450,7 @@ class HoliTomBackend:
             for shift, value in shift_values.items():
                 shift.fill_(value)
             self._merged_prefill_seen = True
+            self._last_prefill_merged = True
             self.last_report = report = HoliTomReport(
                 frames=video.frames, videos=video.videos,
                 tokens_in=video.videos * (video.tokens_in + video.pass_through),
@@ -482,6 +535,7 @@ def compile(model: torch.nn.Module, config: HoliTomConfig | None = None, **compi
         log.warning("HoliTom: %s.forward takes no video or pixel input (%s): unless visual features reach its "
                     "graphs under another name, HoliTom will pass them through unchanged (%s)",
                     type(model).__name__, ", ".join(inputs) or "no parameters", SUPPORT_TABLE)
+    compile_kwargs = _isolated(compile_kwargs)
     layout = layout_for(getattr(model, "config", None))
     if layout is not None and layout.vision_tower:
         model.get_submodule(layout.vision_tower).compile(backend=backend, **compile_kwargs)
@@ -491,3 +545,22 @@ def compile(model: torch.nn.Module, config: HoliTomConfig | None = None, **compi
                  getattr(getattr(model, "config", None), "model_type", None))
     model.compile(backend=backend, **compile_kwargs)
     return backend
+
+
+#: ``torch.compile(..., isolate_recompiles=True)`` (torch >= 2.13): the compiled call keeps its Dynamo cache
+#: entries in a region of its own, so other models compiled in the process do not count against its
+#: ``recompile_limit``.
+ISOLATES_RECOMPILES = "isolate_recompiles" in inspect.signature(torch.compile).parameters
+
+
+def _isolated(compile_kwargs: dict) -> dict:
+    """``compile_kwargs`` with ``isolate_recompiles=True`` where torch has it and the caller did not choose.
+
+    transformers' models share code objects (the forward wrapper of ``transformers.utils.generic``, the output
+    capturing hooks): Dynamo keeps one cache per code object and, by default, one ``recompile_limit`` (8)
+    over all the models compiled in a process. A model compiled after a few others then runs those frames
+    eagerly, where HoliTom never sees its graphs. Isolating each model's compiled call changes no global
+    Dynamo setting."""
+    if ISOLATES_RECOMPILES and "isolate_recompiles" not in compile_kwargs:
+        return {**compile_kwargs, "isolate_recompiles": True}
+    return compile_kwargs
