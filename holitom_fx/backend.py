@@ -20,7 +20,8 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from passes.context import KEPT_SLOTS, SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError
 from passes.dataflow import DataflowView
-from passes.decode_positions import DERIVED_POSITION_SHIFT, POSITION_SHIFT, decode_position_input, is_cache_input
+from passes.decode_positions import DERIVED_POSITION_SHIFT, POSITION_SHIFT, SLIDING_COUNT_SHIFT, \
+    decode_position_input, is_cache_input
 from passes.frame_grid import GridError
 from passes.manager import PassManager
 from passes.outer_merge import video_placement
@@ -132,7 +133,8 @@ class HoliTomBackend:
         # (config, layout, vision classes) of the model given to bind(), or else of the last one traced
         self._bound: tuple[Any, VideoLayout | None, frozenset[type]] | None = None
         self._traced: tuple[Any, VideoLayout | None, frozenset[type]] | None = None
-        self._shifts: dict[str, torch.Tensor] = {}  # POSITION_SHIFT, DERIVED_POSITION_SHIFT: set by each prefill
+        self._shifts: dict[str, torch.Tensor] = {}  # POSITION_SHIFT, DERIVED_POSITION_SHIFT, SLIDING_COUNT_SHIFT:
+        # set by each prefill
         self._vision_saliency: torch.Tensor | None = None  # left by an encoder graph for the next prefill
         self.graphs: list[GraphRecord] = []
         self.fallbacks = 0
@@ -142,6 +144,10 @@ class HoliTomBackend:
         self.uncompiled_calls = 0
         self._said_uncompiled: set[int] = set()
         self._last_prefill_merged = False  # decoding now continues a merged prefill
+        # the next position after the last prefill (L' compact, L original; None: unmerged), and whether a decode
+        # step has read a sliding layer's count since (SLIDING_COUNT_SHIFT, passes/decode_positions.py)
+        self._decode_start: int | None = None
+        self._count_read = True
         self._eager: EagerCalls | None = None
         self.last_report: HoliTomReport | None = None
         self._said_saliency_fallback = False
@@ -206,6 +212,7 @@ class HoliTomBackend:
         self._vision_saliency = None  # an image's, or unused: never for a later prefill
         self._kept_slots = None
         self._last_prefill_merged = False
+        self._decode_start, self._count_read = None, False
         self._take_encoded_grid()
 
     def _encoded_grid(self) -> torch.Tensor | None:
@@ -401,8 +408,14 @@ class HoliTomBackend:
         video, inner = ctx.video, ctx.inner
         if video is None and ctx.extra_inputs:  # a decode graph: reads the last prefill's shift and kept slots
             slots_shape = tuple(ctx.kept_slots.shape) if KEPT_SLOTS in ctx.extra_inputs else None
+            count_at = ctx.sliding_count
 
             def decode(*args):
+                if count_at is not None and not self._count_read:  # the first step after a prefill: its count
+                    start = self._decode_start
+                    self._shift_tensor(SLIDING_COUNT_SHIFT, device).fill_(0 if start is None else
+                                                                          start - int(args[count_at]))
+                    self._count_read = True
                 return compiled(*args, *(self._slots_for(slots_shape, device) if name == KEPT_SLOTS
                                          else self._shift_tensor(name, device) for name in ctx.extra_inputs))
 
@@ -410,7 +423,7 @@ class HoliTomBackend:
         if video is None:
             if not prefill:
                 return compiled
-            for name in (POSITION_SHIFT, DERIVED_POSITION_SHIFT):
+            for name in (POSITION_SHIFT, DERIVED_POSITION_SHIFT, SLIDING_COUNT_SHIFT):
                 self._shift_tensor(name, device)
 
             def unmerged_prefill(*args):  # decoding after it continues at its own positions
@@ -451,6 +464,8 @@ class HoliTomBackend:
                 shift.fill_(value)
             self._merged_prefill_seen = True
             self._last_prefill_merged = True
+            self._decode_start = video.new_length if ctx.positions == "compact" else video.length
+            self._count_read = False
             self.last_report = report = HoliTomReport(
                 frames=video.frames, videos=video.videos,
                 tokens_in=video.videos * (video.tokens_in + video.pass_through),

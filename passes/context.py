@@ -122,6 +122,7 @@ class GraphContext:
     merged_prefill_seen: bool = False  # this backend merged a prefill: decode graphs take the compact shift inside
     kept_slots: torch.Tensor | None = None  # the slots the last padded prefill kept in layers K.. ([B, L'] bool)
     encoded_grid: torch.Tensor | None = None  # [V, 3] (t, h, w) the video encoder was last called with, if kept
+    sliding_count: int | None = None  # a decode graph's positions count from this input (a sliding layer's count)
 
     def __post_init__(self) -> None:
         if self.layout is None:  # no record: everything is read off the graph
