@@ -149,6 +149,9 @@ class HoliTomBackend:
         self._decode_start: int | None = None
         self._count_read = True
         self._eager: EagerCalls | None = None
+        self._decoder_runs = 0  # calls of compiled graphs that run decoder layers
+        self._compiled_decoder = False  # the graph _compile was last given runs decoder layers
+        self._pending: tuple[torch.Tensor, int] | None = None  # ids embedded eagerly, decoder runs then
         self.last_report: HoliTomReport | None = None
         self._said_saliency_fallback = False
         self._said_fallbacks: set[str] = set()
@@ -167,8 +170,18 @@ class HoliTomBackend:
         if self._eager is not None:
             self._eager.remove()
         model_id, name = id(model), type(model).__name__
-        self._eager = EagerCalls(model, lambda ids: self._uncompiled_call(ids, model_id, name))
+        self._eager = EagerCalls(model, self._embedded_eagerly, lambda: self._logits_eagerly(model_id, name))
         return self
+
+    def _embedded_eagerly(self, ids: torch.Tensor) -> None:
+        self._pending = ids, self._decoder_runs
+
+    def _logits_eagerly(self, model_id: int, name: str) -> None:
+        """The call whose ids were embedded eagerly reached its output head eagerly too, with no HoliTom graph
+        running decoder layers in between: Dynamo ran it uncompiled."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[1] == self._decoder_runs:
+            self._uncompiled_call(pending[0], model_id, name)
 
     def _video_ids(self) -> tuple[int, ...]:
         """The ids marking video placeholders in the bound model's prompts: the config's, else the model's."""
@@ -179,8 +192,8 @@ class HoliTomBackend:
         return (known,) if known is not None else ()
 
     def _uncompiled_call(self, ids: torch.Tensor, model_id: int, name: str) -> None:
-        """The bound model embedded ``ids`` outside Dynamo (``EagerCalls``): that call runs uncompiled, none of
-        HoliTom's graphs with it. A video prompt is then not merged; a decode step after a merged prefill is
+        """The bound model ran a call on ``ids`` outside Dynamo (``EagerCalls``), none of HoliTom's graphs with
+        it. A video prompt is then not merged; a decode step after a merged prefill is
         not shifted to the merged positions. Counted in ``uncompiled_calls``, said once per model."""
         video = any(bool((ids == token).any()) for token in self._video_ids())
         decode_after_merge = not video and self._last_prefill_merged and ids.shape[-1] == 1
@@ -223,7 +236,15 @@ class HoliTomBackend:
             self._encoded.take()
 
     def __call__(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
-        return self._compile(gm, example_inputs)
+        runner = self._compile(gm, example_inputs)
+        if not self._compiled_decoder:
+            return runner
+
+        def run(*args):  # a graph running decoder layers ran: this call is not one Dynamo ran eagerly
+            self._decoder_runs += 1
+            return runner(*args)
+
+        return run
 
     def _context(self) -> GraphContext:
         """The graph's context. Unbound, the architecture is the traced module's; a frame Dynamo resumed
@@ -242,6 +263,7 @@ class HoliTomBackend:
     def _compile(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
         ctx = self._context()
         view = DataflowView(gm.graph, ctx.vision_classes)  # the backend's questions about the graph as traced
+        self._compiled_decoder = bool(view.layers.decoder)
         placement = self._placement(view, ctx)
         if placement is not None and (is_symbolic(gm) or (placement == "cat" and scalar_reads(gm))):
             return self._specializing(gm, split_point=placement == "cat")

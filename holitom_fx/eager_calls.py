@@ -7,9 +7,11 @@ process, a later one's prompt runs uncompiled and HoliTom never sees it, so noth
 that runs uncompiled after a merged prefill is not shifted to the merged prompt's positions.
 
 ``HoliTomBackend.bind(model)`` watches for such calls with a forward pre-hook on the model's input
-embedding (``get_input_embeddings()``), which does nothing while Dynamo traces (inside a compiled graph the
-hook is traced away): the hook runs only when the frame that embeds the tokens runs eagerly, and hands the
-token ids to the backend. The model is not changed otherwise.
+embedding (``get_input_embeddings()``) and a forward hook on its output head (``get_output_embeddings()``),
+both doing nothing while Dynamo traces (inside a compiled graph they are traced away): they run only when the
+frames that embed the tokens and compute the logits run eagerly. The backend takes a call as uncompiled when
+both ran eagerly with none of its decoder graphs in between (a model without an output head: at the
+embedding). The model is not changed otherwise.
 """
 
 from __future__ import annotations
@@ -19,27 +21,52 @@ from typing import Callable
 import torch
 
 
-class EagerCalls:
-    """Hooks ``model``'s input embedding; ``on_eager(ids)`` for each call that embeds ids outside Dynamo."""
+def _module(model: torch.nn.Module, getter: str) -> torch.nn.Module | None:
+    try:
+        module = getattr(model, getter)()
+    except (AttributeError, NotImplementedError):  # a model of its own without the transformers API
+        return None
+    return module if isinstance(module, torch.nn.Module) else None
 
-    def __init__(self, model: torch.nn.Module, on_eager: Callable[[torch.Tensor], None]):
+
+class EagerCalls:
+    """Hooks ``model``'s input embedding and output head: ``on_embed(ids)`` for ids embedded outside Dynamo,
+    ``on_logits()`` when the output head runs outside Dynamo (right after ``on_embed`` without a head)."""
+
+    def __init__(self, model: torch.nn.Module, on_embed: Callable[[torch.Tensor], None],
+                 on_logits: Callable[[], None]):
         self._handles = []
-        try:
-            embeddings = model.get_input_embeddings()
-        except (AttributeError, NotImplementedError):  # a model of its own without the transformers API
-            embeddings = None
-        self.watching = isinstance(embeddings, torch.nn.Module)
-        if self.watching:
-            self._handles.append(embeddings.register_forward_pre_hook(self._hook(on_eager)))
+        embeddings, head = _module(model, "get_input_embeddings"), _module(model, "get_output_embeddings")
+        self.watching = embeddings is not None
+        if not self.watching:
+            return
+        if head is None:
+            def embed_and_decide(ids: torch.Tensor) -> None:
+                on_embed(ids)
+                on_logits()
+
+            self._handles.append(embeddings.register_forward_pre_hook(self._embedded(embed_and_decide)))
+            return
+        self._handles.append(embeddings.register_forward_pre_hook(self._embedded(on_embed)))
+        self._handles.append(head.register_forward_hook(self._head(on_logits)))
 
     @staticmethod
-    def _hook(on_eager: Callable[[torch.Tensor], None]):
+    def _embedded(on_embed: Callable[[torch.Tensor], None]):
         def seen(module, args):
             if torch.compiler.is_compiling():
                 return None
             ids = args[0] if args else None
             if isinstance(ids, torch.Tensor) and not ids.is_floating_point() and ids.dim() >= 1:
-                on_eager(ids)
+                on_embed(ids)
+            return None
+
+        return seen
+
+    @staticmethod
+    def _head(on_logits: Callable[[], None]):
+        def seen(module, args, output):
+            if not torch.compiler.is_compiling():
+                on_logits()
             return None
 
         return seen
