@@ -20,13 +20,15 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from passes.context import KEPT_SLOTS, SALIENCY, WINDOW_END, GraphContext, GridCheck, RewriteError
 from passes.dataflow import DataflowView
-from passes.decode_positions import DERIVED_POSITION_SHIFT, POSITION_SHIFT, decode_position_input, is_cache_input
+from passes.decode_positions import DERIVED_POSITION_SHIFT, POSITION_SHIFT, SLIDING_COUNT_SHIFT, \
+    decode_position_input, is_cache_input
 from passes.frame_grid import GridError
 from passes.manager import PassManager
 from passes.outer_merge import video_placement
 from passes.specialize import ScalarProbe, is_symbolic, scalar_reads, specialize, symbol_bindings
 
 from .archs import VideoLayout, layout_for
+from .eager_calls import EagerCalls
 from .encoded_grid import EncodedGrids
 from .config import HoliTomConfig
 
@@ -131,11 +133,25 @@ class HoliTomBackend:
         # (config, layout, vision classes) of the model given to bind(), or else of the last one traced
         self._bound: tuple[Any, VideoLayout | None, frozenset[type]] | None = None
         self._traced: tuple[Any, VideoLayout | None, frozenset[type]] | None = None
-        self._shifts: dict[str, torch.Tensor] = {}  # POSITION_SHIFT, DERIVED_POSITION_SHIFT: set by each prefill
+        self._shifts: dict[str, torch.Tensor] = {}  # POSITION_SHIFT, DERIVED_POSITION_SHIFT, SLIDING_COUNT_SHIFT:
+        # set by each prefill
         self._vision_saliency: torch.Tensor | None = None  # left by an encoder graph for the next prefill
         self.graphs: list[GraphRecord] = []
         self.fallbacks = 0
         self.saliency_fallbacks = 0
+        # calls of the bound model that ran outside Dynamo where HoliTom had work: a video prompt (not merged),
+        # a decode step after a merged prefill (not shifted); said once per model (EagerCalls)
+        self.uncompiled_calls = 0
+        self._said_uncompiled: set[int] = set()
+        self._last_prefill_merged = False  # decoding now continues a merged prefill
+        # the next position after the last prefill (L' compact, L original; None: unmerged), and whether a decode
+        # step has read a sliding layer's count since (SLIDING_COUNT_SHIFT, passes/decode_positions.py)
+        self._decode_start: int | None = None
+        self._count_read = True
+        self._eager: EagerCalls | None = None
+        self._decoder_runs = 0  # calls of compiled graphs that run decoder layers
+        self._compiled_decoder = False  # the graph _compile was last given runs decoder layers
+        self._pending: tuple[torch.Tensor, int] | None = None  # ids embedded eagerly, decoder runs then
         self.last_report: HoliTomReport | None = None
         self._said_saliency_fallback = False
         self._said_fallbacks: set[str] = set()
@@ -151,7 +167,66 @@ class HoliTomBackend:
         if self._encoded is not None:
             self._encoded.remove()
         self._encoded = EncodedGrids(model)
+        if self._eager is not None:
+            self._eager.remove()
+        model_id, name = id(model), type(model).__name__
+        self._eager = EagerCalls(model, self._embedded_eagerly, lambda: self._logits_eagerly(model_id, name))
         return self
+
+    def _embedded_eagerly(self, ids: torch.Tensor) -> None:
+        self._pending = ids, self._decoder_runs
+
+    def _logits_eagerly(self, model_id: int, name: str) -> None:
+        """The call whose ids were embedded eagerly reached its output head eagerly too, with no HoliTom graph
+        running decoder layers in between: Dynamo ran it uncompiled."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[1] == self._decoder_runs:
+            self._uncompiled_call(pending[0], model_id, name)
+
+    def _video_ids(self) -> tuple[int, ...]:
+        """The ids marking video placeholders in the bound model's prompts: the config's, else the model's."""
+        if self.config.video_token_id is not None:
+            return (self.config.video_token_id,)
+        config, layout, _ = self._bound or (None, None, frozenset())
+        known = layout.video_token_id(config) if layout is not None and config is not None else None
+        return (known,) if known is not None else ()
+
+    def _uncompiled_call(self, ids: torch.Tensor, model_id: int, name: str) -> None:
+        """The bound model ran a call on ``ids`` outside Dynamo (``EagerCalls``), none of HoliTom's graphs with
+        it. A video prompt is then not merged; a decode step after a merged prefill is
+        not shifted to the merged positions. Counted in ``uncompiled_calls``, said once per model."""
+        video = any(bool((ids == token).any()) for token in self._video_ids())
+        decode_after_merge = not video and self._last_prefill_merged and ids.shape[-1] == 1
+        if not decode_after_merge:  # a prompt: decoding after it continues at its own positions
+            self._unmerged_prefill_state()
+        if not video and not decode_after_merge:
+            return
+        self.uncompiled_calls += 1
+        if model_id in self._said_uncompiled:
+            return
+        self._said_uncompiled.add(model_id)
+        what = ("a prompt with video placeholders ran uncompiled: HoliTom did not merge it" if video else
+                "a decode step after a merged prefill ran uncompiled: its positions are not HoliTom's")
+        fix = ("compile each model in a Dynamo region of its own: holitom_fx.compile(model, config) does, or "
+               "model.compile(backend=backend, isolate_recompiles=True)" if ISOLATES_RECOMPILES else
+               "raise the limit before compiling: torch._dynamo.config.recompile_limit = 64")
+        log.warning("HoliTom: %s (%s; counted in backend.uncompiled_calls). Likely cause: Dynamo reached "
+                    "torch._dynamo.config.recompile_limit (%d) on a code object that every transformers model "
+                    "shares (the forward wrapper in transformers.utils.generic), as when several models are "
+                    "compiled in one process, and runs that frame eagerly from then on (its own 'hit "
+                    "config.recompile_limit' warning names it). Fix: %s. If the model is not compiled at all: "
+                    "model.compile(backend=backend) (torch.compile(model) returns a wrapper whose .generate "
+                    "runs the model uncompiled).", what, name, torch._dynamo.config.recompile_limit, fix)
+
+    def _unmerged_prefill_state(self) -> None:
+        """A prompt ran unmerged: decoding after it continues at its own positions, with every cache slot."""
+        for shift in self._shifts.values():
+            shift.zero_()
+        self._vision_saliency = None  # an image's, or unused: never for a later prefill
+        self._kept_slots = None
+        self._last_prefill_merged = False
+        self._decode_start, self._count_read = None, False
+        self._take_encoded_grid()
 
     def _encoded_grid(self) -> torch.Tensor | None:
         return self._encoded.last if self._encoded is not None else None
@@ -161,7 +236,15 @@ class HoliTomBackend:
             self._encoded.take()
 
     def __call__(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
-        return self._compile(gm, example_inputs)
+        runner = self._compile(gm, example_inputs)
+        if not self._compiled_decoder:
+            return runner
+
+        def run(*args):  # a graph running decoder layers ran: this call is not one Dynamo ran eagerly
+            self._decoder_runs += 1
+            return runner(*args)
+
+        return run
 
     def _context(self) -> GraphContext:
         """The graph's context. Unbound, the architecture is the traced module's; a frame Dynamo resumed
@@ -181,6 +264,7 @@ class HoliTomBackend:
         ctx = self._context()
         ctx.graph_break = _graph_break_reason(gm)
         view = DataflowView(gm.graph, ctx.vision_classes)  # the backend's questions about the graph as traced
+        self._compiled_decoder = bool(view.layers.decoder)
         placement = self._placement(view, ctx)
         if placement is not None and (is_symbolic(gm) or (placement == "cat" and scalar_reads(gm))):
             return self._specializing(gm, split_point=placement == "cat")
@@ -347,8 +431,14 @@ class HoliTomBackend:
         video, inner = ctx.video, ctx.inner
         if video is None and ctx.extra_inputs:  # a decode graph: reads the last prefill's shift and kept slots
             slots_shape = tuple(ctx.kept_slots.shape) if KEPT_SLOTS in ctx.extra_inputs else None
+            count_at = ctx.sliding_count
 
             def decode(*args):
+                if count_at is not None and not self._count_read:  # the first step after a prefill: its count
+                    start = self._decode_start
+                    self._shift_tensor(SLIDING_COUNT_SHIFT, device).fill_(0 if start is None else
+                                                                          start - int(args[count_at]))
+                    self._count_read = True
                 return compiled(*args, *(self._slots_for(slots_shape, device) if name == KEPT_SLOTS
                                          else self._shift_tensor(name, device) for name in ctx.extra_inputs))
 
@@ -356,14 +446,11 @@ class HoliTomBackend:
         if video is None:
             if not prefill:
                 return compiled
-            shifts = [self._shift_tensor(name, device) for name in (POSITION_SHIFT, DERIVED_POSITION_SHIFT)]
+            for name in (POSITION_SHIFT, DERIVED_POSITION_SHIFT, SLIDING_COUNT_SHIFT):
+                self._shift_tensor(name, device)
 
             def unmerged_prefill(*args):  # decoding after it continues at its own positions
-                for shift in shifts:
-                    shift.zero_()
-                self._vision_saliency = None  # an image's, or unused: never for a later prefill
-                self._kept_slots = None
-                self._take_encoded_grid()
+                self._unmerged_prefill_state()
                 return compiled(*args)
 
             return unmerged_prefill
@@ -399,6 +486,9 @@ class HoliTomBackend:
             for shift, value in shift_values.items():
                 shift.fill_(value)
             self._merged_prefill_seen = True
+            self._last_prefill_merged = True
+            self._decode_start = video.new_length if ctx.positions == "compact" else video.length
+            self._count_read = False
             self.last_report = report = HoliTomReport(
                 frames=video.frames, videos=video.videos,
                 tokens_in=video.videos * (video.tokens_in + video.pass_through),
@@ -498,6 +588,7 @@ def compile(model: torch.nn.Module, config: HoliTomConfig | None = None, **compi
         log.warning("HoliTom: %s.forward takes no video or pixel input (%s): unless visual features reach its "
                     "graphs under another name, HoliTom will pass them through unchanged (%s)",
                     type(model).__name__, ", ".join(inputs) or "no parameters", SUPPORT_TABLE)
+    compile_kwargs = _isolated(compile_kwargs)
     layout = layout_for(getattr(model, "config", None))
     if layout is not None and layout.vision_tower:
         model.get_submodule(layout.vision_tower).compile(backend=backend, **compile_kwargs)
@@ -507,3 +598,22 @@ def compile(model: torch.nn.Module, config: HoliTomConfig | None = None, **compi
                  getattr(getattr(model, "config", None), "model_type", None))
     model.compile(backend=backend, **compile_kwargs)
     return backend
+
+
+#: ``torch.compile(..., isolate_recompiles=True)`` (torch >= 2.13): the compiled call keeps its Dynamo cache
+#: entries in a region of its own, so other models compiled in the process do not count against its
+#: ``recompile_limit``.
+ISOLATES_RECOMPILES = "isolate_recompiles" in inspect.signature(torch.compile).parameters
+
+
+def _isolated(compile_kwargs: dict) -> dict:
+    """``compile_kwargs`` with ``isolate_recompiles=True`` where torch has it and the caller did not choose.
+
+    transformers' models share code objects (the forward wrapper of ``transformers.utils.generic``, the output
+    capturing hooks): Dynamo keeps one cache per code object and, by default, one ``recompile_limit`` (8)
+    over all the models compiled in a process. A model compiled after a few others then runs those frames
+    eagerly, where HoliTom never sees its graphs. Isolating each model's compiled call changes no global
+    Dynamo setting."""
+    if ISOLATES_RECOMPILES and "isolate_recompiles" not in compile_kwargs:
+        return {**compile_kwargs, "isolate_recompiles": True}
+    return compile_kwargs

@@ -123,6 +123,7 @@ class GraphContext:
     kept_slots: torch.Tensor | None = None  # the slots the last padded prefill kept in layers K.. ([B, L'] bool)
     encoded_grid: torch.Tensor | None = None  # [V, 3] (t, h, w) the video encoder was last called with, if kept
     graph_break: str | None = None  # why Dynamo ended this graph at a graph break (its reason, where); None: at a return
+    sliding_count: int | None = None  # a decode graph's positions count from this input (a sliding layer's count)
 
     def __post_init__(self) -> None:
         if self.layout is None:  # no record: everything is read off the graph

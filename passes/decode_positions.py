@@ -7,6 +7,15 @@
 ``positions="original"`` those sit at ``arange + (L - L')``. The shift is known only when the
 prefill runs, so it enters the decode graph as one extra runtime input that the backend supplies
 (0 after an unmerged prefill).
+
+A count read off a sliding-window cache layer (transformers' ``DynamicSlidingWindowLayer.cumulative_length``,
+lifted into the decode graph as an integer input) need not be the cache's length: Dynamo replays the
+prefill's traced length L into it (``passes.sliding_window``), or the rewritten L' where it reconstructs a
+symbolic count from the graph. Positions derived from it (EXAONE-4.5: ``arange + cache.get_seq_length()``, its
+first layer sliding) take a runtime input of their own, ``SLIDING_COUNT_SHIFT``: the backend reads the count
+at the first decode step after each prefill and sets the shift to the merged prompt's next position (L' for
+``"compact"``, L for ``"original"``) minus that count; 0 after an unmerged prefill. The input's index is
+``GraphContext.sliding_count``.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from .context import GraphContext, mark_inserted, tensor_of
 
 POSITION_SHIFT = "holitom_position_shift"
 DERIVED_POSITION_SHIFT = "holitom_derived_position_shift"
+SLIDING_COUNT_SHIFT = "holitom_sliding_count_shift"
 
 
 def is_cache_input(node: fx.Node) -> bool:
@@ -37,6 +47,14 @@ def is_sliding_window_cache_input(node: fx.Node) -> bool:
     value = tensor_of(node)
     return node.op == "placeholder" and "cache" in node.name.lower() and "sliding_window" in node.name and \
         value is not None and value.dim() == 0 and not value.is_floating_point()
+
+
+def is_sliding_count_input(node: fx.Node) -> bool:
+    """A sliding-window cache layer's token count, lifted as an integer input (``cumulative_length``): it says
+    the prefill's traced length L after a merged prefill, not the L' tokens the cache was given."""
+    value = node.meta.get("example_value")
+    return node.op == "placeholder" and "cache" in node.name.lower() and "cumulative_length" in node.name and \
+        isinstance(value, (int, torch.SymInt))
 
 
 def _is_position_input(node: fx.Node) -> bool:
@@ -63,7 +81,7 @@ class DecodePositionPass:
             return 0
         at = decode_position_input(graph)
         if at is None:  # 0 until a prefill merges: a decode graph compiled before one still follows it
-            return self._shift_derived(graph) if ctx.positions == "original" else 0
+            return self._shift_derived(graph)
         if ctx.positions != "compact" or not ctx.merged_prefill_seen:  # before: shifted outside (the backend)
             return 0
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -77,7 +95,9 @@ class DecodePositionPass:
 
     def _shift_derived(self, graph: fx.Graph) -> int:
         """Positions derived with ``arange`` from the cache length: ``+ shift`` on the path into the position
-        encodings only (a copy of that path; masks keep reading the cache's own numbering)."""
+        encodings only (a copy of that path; masks keep reading the cache's own numbering). The shift is
+        ``SLIDING_COUNT_SHIFT`` where the path reads a sliding layer's count (from L), else
+        ``DERIVED_POSITION_SHIFT`` (from L', only needed for ``positions="original"``)."""
         view = self.ctx.view
         if not view.one_new_token:
             return 0  # a prompt starts at 0 wherever it came from
@@ -85,9 +105,17 @@ class DecodePositionPass:
         chain, sinks = view.encoding_path(ranges)
         if not sinks:
             return 0
+        counts = {n for n in graph.find_nodes(op="placeholder") if is_sliding_count_input(n)}
+        read = frozenset().union(*(view.ancestors(n) for n in chain)) if counts else frozenset()
+        name = SLIDING_COUNT_SHIFT if counts & read else DERIVED_POSITION_SHIFT
+        if name == SLIDING_COUNT_SHIFT:  # where the backend reads the count, among the inputs as traced
+            placeholders = list(graph.find_nodes(op="placeholder"))
+            self.ctx.sliding_count = min(placeholders.index(n) for n in counts & read)
+        if name == DERIVED_POSITION_SHIFT and self.ctx.positions != "original":
+            return 0  # counted from L' = the merged prompt's compact positions already
         last = [n for n in graph.nodes if n.op == "placeholder"][-1]
         with graph.inserting_after(last):
-            shift = mark_inserted(graph.placeholder(DERIVED_POSITION_SHIFT))
+            shift = mark_inserted(graph.placeholder(name))
         copies: dict[fx.Node, fx.Node] = {}
         for node in [n for n in graph.nodes if n in chain]:
             with graph.inserting_after(node):
@@ -96,5 +124,5 @@ class DecodePositionPass:
         for sink in sinks:
             sink.args = fx.map_arg(sink.args, lambda a: copies.get(a, a))
             sink.kwargs = fx.map_arg(sink.kwargs, lambda a: copies.get(a, a))
-        self.ctx.extra_inputs.append(DERIVED_POSITION_SHIFT)
+        self.ctx.extra_inputs.append(name)
         return len(copies)

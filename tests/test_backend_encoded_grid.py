@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from holitom_fx import HoliTomConfig
 from holitom_fx.archs import GENERIC, layout_for, spatial_merge
 from holitom_fx.ops import feature_saliency, outer_merge, splice_span
 
@@ -47,7 +48,8 @@ def test_identity_at_full_retain_without_inner_stage(name):
 @torch.no_grad()
 def merged_prompt(model, inputs, cfg, frames=None):
     """The prompt after the outer stage applied by hand: the model's own encoder's features as t frames of
-    (h/m)*(w/m) (or ``frames`` frames), feature-norm saliency, the merged tokens spliced in place of the span."""
+    (h/m)*(w/m) (or ``frames`` frames), feature-norm saliency, the merged tokens spliced in place of the span;
+    and the original position of each token ``[1, L']`` (a merged token's: its representative's)."""
     ids = inputs["input_ids"]
     features = torch.cat(model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
                                                         video_grid_thw=inputs["video_grid_thw"]).pooler_output)
@@ -59,28 +61,42 @@ def merged_prompt(model, inputs, cfg, frames=None):
                                                                                                     features.shape[-1])
     out = outer_merge(grid, feature_saliency(grid), cfg)
     start = int(torch.nonzero(mask[0])[0])
-    hidden, _ = splice_span(embeds, torch.tensor([start]), features.shape[0], out.tokens[None],
-                            out.positions[None])
-    return hidden
+    return splice_span(embeds, torch.tensor([start]), features.shape[0], out.tokens[None], out.positions[None])
 
 
+OUTER_ORIGINAL = HoliTomConfig(retain_ratio=0.5, tau=0.8, inner_layer="off", positions="original")
+
+
+def with_text_before(inputs: dict, ids: list[int]) -> dict:
+    """The prompt with text tokens ``ids`` before it (a prompt of another length: a prefill Dynamo traces with a
+    symbolic length, specialized by the backend)."""
+    before = torch.tensor([ids], dtype=inputs["input_ids"].dtype)
+    return {**inputs, "input_ids": torch.cat([before, inputs["input_ids"]], 1),
+            "attention_mask": torch.cat([torch.ones_like(before), inputs["attention_mask"]], 1)}
+
+
+@pytest.mark.parametrize("cfg", [OUTER, OUTER_ORIGINAL], ids=["compact", "original"])
 @torch.no_grad()
-def test_exaone_generate_matches_the_eager_reference():
-    """The merged prefill equals the reference at compact positions. Decoding continues at L + step, not
-    L' + step: EXAONE-4.5 derives its decode positions from its first cache layer, a sliding-window layer
-    whose token count Dynamo replays at the traced L (docs/design.md, limits); pinned here as it is."""
-    model, backend = EXAONE.compiled(OUTER)
-    inputs = EXAONE.prompt
-    hidden = merged_prompt(EXAONE.tiny(), inputs, OUTER)
-    length, original = hidden.shape[1], inputs["input_ids"].shape[1]
-    expected_steps, expected_tokens = reference_pipeline.forward_greedy(
-        EXAONE.tiny(), hidden, torch.arange(length)[None], lambda step: torch.tensor([[original + step]]), 6)
-    tokens, steps = greedy_with_step_logits(model, inputs, 6)
-    torch.testing.assert_close(steps, expected_steps, rtol=1e-4, atol=1e-4)
-    assert tokens == [expected_tokens]
-    report = backend.last_report
-    assert (report.frames, report.tokens_in, report.tokens_after_outer) == (2, 32, 16) and backend.fallbacks == 0
-    assert report.sequence_length[:2] == (40, 24)
+def test_exaone_generate_matches_the_eager_reference(cfg):
+    """The merged prompt and every decode step equal the reference at the config's positions: compact, the
+    prompt at 0..L'-1 and decoding at L' + step; original, each token at its representative's position and
+    decoding at L + step. EXAONE-4.5 derives its decode positions from its first cache layer's count, a
+    sliding-window layer whose count Dynamo replays at the traced L (docs/design.md, limits): the decode graph
+    shifts them by what the backend reads off that count (passes/decode_positions.py). Then a prompt of
+    another length, on the same compiled model."""
+    model, backend = EXAONE.compiled(cfg)
+    for inputs, lengths in ((EXAONE.prompt, (40, 24)), (with_text_before(EXAONE.prompt, [5, 6, 7]), (43, 27))):
+        hidden, source = merged_prompt(EXAONE.tiny(), inputs, cfg)
+        length, original = hidden.shape[1], inputs["input_ids"].shape[1]
+        positions, start = (torch.arange(length)[None], length) if cfg.positions == "compact" else (source, original)
+        expected_steps, expected_tokens = reference_pipeline.forward_greedy(
+            EXAONE.tiny(), hidden, positions, lambda step: torch.tensor([[start + step]]), 6)
+        tokens, steps = greedy_with_step_logits(model, inputs, 6)
+        torch.testing.assert_close(steps, expected_steps, rtol=1e-4, atol=1e-4)
+        assert tokens == [expected_tokens]
+        report = backend.last_report
+        assert (report.frames, report.tokens_in, report.tokens_after_outer) == (2, 32, 16)
+        assert report.sequence_length[:2] == lengths and backend.fallbacks == 0
 
 
 @torch.no_grad()
@@ -112,7 +128,7 @@ def test_kimi_k25_merges_its_pooled_video_as_one_frame():
     assert report is not None and backend.fallbacks == 0
     assert (report.frames, report.tokens_in, report.tokens_after_outer) == (1, 16, 8)
 
-    hidden = merged_prompt(KIMI.tiny(), KIMI.prompt, OUTER, frames=1)
+    hidden, _ = merged_prompt(KIMI.tiny(), KIMI.prompt, OUTER, frames=1)
     length = hidden.shape[1]
     expected_steps, expected_tokens = reference_pipeline.forward_greedy(
         KIMI.tiny(), hidden, torch.arange(length)[None], lambda step: torch.tensor([[length + step]]), 4)
