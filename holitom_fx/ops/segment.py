@@ -21,9 +21,16 @@ def segment_sum(values: torch.Tensor, segment: torch.Tensor, num_segments: int) 
     ``segment`` is a LongTensor of ``values.shape[0]`` ids in ``[0, num_segments)``; empty segments are 0.
     """
     out = values.new_zeros((num_segments, *values.shape[1:]))
-    if values.is_cuda:
+    if not values.is_cuda:
+        return out.index_add_(0, segment, values)
+    # Deterministic mode selects the sort-based kernel whatever the torch version's default for CUDA.
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
         return out.index_put_((segment,), values, accumulate=True)
-    return out.index_add_(0, segment, values)
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 @segment_sum.register_fake
